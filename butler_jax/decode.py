@@ -1,0 +1,159 @@
+"""Jitted prefill and a single `lax.while_loop` decode loop with a pluggable selection policy.
+
+Prompts of different lengths are right-padded internally, so every row's token i sits at
+position i and cache slot i; left-padded input is converted by `unpad`. Each row stops at its
+first stop token; the loop ends when all rows stopped or `max_new_tokens` were produced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from butler_jax.attention import causal_attention
+from butler_jax.cache import KVCache, check_capacity, init_cache, write_block, write_token
+from butler_jax.config import ModelConfig
+from butler_jax.models.llama import LayerInputs, LlamaForCausalLM
+from butler_jax.sampling import SamplingConfig, sample
+from butler_jax.sparsity.base import Policy
+from butler_jax.sparsity.dense import DensePolicy
+
+PAD_MULTIPLE = 64  # prompt lengths are padded to a multiple of this to limit recompilation
+
+
+def unpad(tokens: np.ndarray, attention_mask: np.ndarray) -> list[list[int]]:
+    """Rows of a left- or right-padded batch [B, T] with mask [B, T] -> token lists."""
+    return [list(map(int, row[mask.astype(bool)])) for row, mask in zip(np.asarray(tokens), np.asarray(attention_mask))]
+
+
+def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int = 0, multiple: int = PAD_MULTIPLE) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad token lists to a common length (a multiple of `multiple`) -> tokens [B, P], lengths [B]."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt must hold at least one token")
+    longest = max(len(p) for p in prompts)
+    width = -(-longest // multiple) * multiple
+    tokens = np.full((len(prompts), width), pad_id, np.int32)
+    for i, p in enumerate(prompts):
+        tokens[i, : len(p)] = p
+    return tokens, np.array([len(p) for p in prompts], np.int32)
+
+
+def prefill(model: LlamaForCausalLM, params, tokens, lengths, cache: KVCache, policy: Policy, state):
+    """Run the prompt block, fill the cache and the policy state.
+
+    tokens: [B, P] right-padded, lengths: [B] -> (logits at each row's last prompt token [B, V],
+    cache with lengths set, policy state).
+    """
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+
+    def attend(layer: int, x: LayerInputs, carry):
+        cache, state = carry
+        cache = cache._replace(
+            k=cache.k.at[layer].set(write_block(cache.k[layer], x.k)),
+            v=cache.v.at[layer].set(write_block(cache.v[layer], x.v)),
+        )
+        out = causal_attention(x.q, x.k, x.v, x.positions, x.positions, k_lengths=lengths)
+        state = policy.observe_prefill(layer, x, cache, lengths, state)
+        return out, (cache, state)
+
+    h, (cache, state) = model.apply({"params": params}, tokens, positions, attend, (cache, state), method="hidden")
+    last = jnp.take_along_axis(h, (lengths - 1)[:, None, None], axis=1)[:, 0]
+    logits = model.apply({"params": params}, last, method="logits")
+    return logits, cache._replace(lengths=lengths.astype(jnp.int32)), state
+
+
+def decode_step(model: LlamaForCausalLM, params, token, cache: KVCache, policy: Policy, state):
+    """One token per row at position cache.lengths -> (logits [B, V], cache, state)."""
+    positions = cache.lengths[:, None]
+
+    def attend(layer: int, x: LayerInputs, carry):
+        cache, state = carry
+        cache = cache._replace(
+            k=cache.k.at[layer].set(write_token(cache.k[layer], x.k, cache.lengths)),
+            v=cache.v.at[layer].set(write_token(cache.v[layer], x.v, cache.lengths)),
+        )
+        out, state = policy.attend(layer, x, cache, state)
+        return out, (cache, state)
+
+    h, (cache, state) = model.apply({"params": params}, token[:, None], positions, attend, (cache, state), method="hidden")
+    logits = model.apply({"params": params}, h[:, 0], method="logits")
+    return logits, cache._replace(lengths=cache.lengths + 1), state
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """tokens: [B, max_new] (pad after a row stops); num_generated: [B] tokens kept per row."""
+
+    tokens: np.ndarray
+    num_generated: np.ndarray
+
+    def rows(self) -> list[list[int]]:
+        return [list(map(int, t[:n])) for t, n in zip(self.tokens, self.num_generated)]
+
+
+@partial(jax.jit, static_argnames=("model", "policy", "max_new_tokens", "sampling", "stop_tokens", "capacity"))
+def _generate(model, params, tokens, lengths, key, *, policy, max_new_tokens, sampling, stop_tokens, capacity):
+    batch = tokens.shape[0]
+    cache = init_cache(model.cfg, batch, capacity)
+    state = policy.init_state(model.cfg, batch, capacity)
+    logits, cache, state = prefill(model, params, tokens, lengths, cache, policy, state)
+    stops = jnp.asarray(stop_tokens or (-1,), jnp.int32)
+    key, sub = jax.random.split(key)
+    first = sample(logits, sub, sampling)
+    out = jnp.zeros((batch, max_new_tokens), jnp.int32).at[:, 0].set(first)
+    done = jnp.isin(first, stops)
+    count = jnp.ones((batch,), jnp.int32)
+
+    def cond(carry):
+        step, _, done, *_ = carry
+        return (step < max_new_tokens) & ~jnp.all(done)
+
+    def body(carry):
+        step, out, done, count, cache, state, key = carry
+        logits, cache, state = decode_step(model, params, out[:, step - 1], cache, policy, state)
+        key, sub = jax.random.split(key)
+        token = jnp.where(done, 0, sample(logits, sub, sampling))
+        out = out.at[:, step].set(token)
+        count = count + (~done).astype(jnp.int32)
+        done = done | jnp.isin(token, stops)
+        return step + 1, out, done, count, cache, state, key
+
+    carry = (jnp.int32(1), out, done, count, cache, state, key)
+    _, out, _, count, _, _, _ = jax.lax.while_loop(cond, body, carry)
+    return out, count
+
+
+def generate(
+    model: LlamaForCausalLM,
+    params,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    *,
+    policy: Policy | None = None,
+    sampling: SamplingConfig = SamplingConfig(),
+    stop_tokens: Sequence[int] = (),
+    capacity: int | None = None,
+    seed: int = 0,
+) -> GenerationResult:
+    """Generate up to `max_new_tokens` per prompt (token lists of any lengths) in one jitted loop.
+
+    The cache holds `capacity` tokens per row (default: longest padded prompt + max_new_tokens);
+    a prompt that does not fit raises CacheCapacityError. A row's stop token is kept in its output.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+    tokens, lengths = pad_prompts(prompts)
+    capacity = capacity or tokens.shape[1] + max_new_tokens
+    check_capacity(capacity, int(lengths.max()), max_new_tokens)
+    capacity = max(capacity, tokens.shape[1])
+    out, count = _generate(
+        model, params, jnp.asarray(tokens), jnp.asarray(lengths), jax.random.PRNGKey(seed),
+        policy=policy or DensePolicy(), max_new_tokens=max_new_tokens, sampling=sampling,
+        stop_tokens=tuple(int(t) for t in stop_tokens), capacity=capacity,
+    )
+    return GenerationResult(np.asarray(out), np.asarray(count))

@@ -1,0 +1,17 @@
+"""Decode-step attention over the cache: routes to the Pallas kernels or their XLA references.
+
+q: [B, 1, Hq, hd]; cache layer k/v: [B, Hkv, T, hd]; outputs [B, 1, Hq, hd].
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from butler_jax.attention import attention_logits, masked_attention
+
+
+def dense_attend(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, lengths: jnp.ndarray, implementation: str = "auto") -> jnp.ndarray:
+    """Attention of each row's query over its first lengths[b] cached tokens."""
+    logits = attention_logits(q, k, kv_layout="bhtd")
+    keep = jnp.arange(k.shape[2])[None, None, None, :] < lengths[:, None, None, None]
+    return masked_attention(logits, keep, v, kv_layout="bhtd")
