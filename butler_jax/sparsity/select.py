@@ -1,0 +1,69 @@
+"""Top-K token selection shared by the score-based policies, for decode steps and simulation.
+
+The kept set of a row = forced tokens (the first `n_sink` and the last `n_window` visible
+tokens) + the best-scored other visible tokens, `budget.kept(visible)` in total (never fewer
+than the forced ones). Ties go to the lower index in both paths, so a decode step and the
+decode-simulated prefill select identical tokens for identical scores.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from butler_jax.sparsity.budget import Budget
+
+
+def group_reduce(scores: jnp.ndarray, num_kv_heads: int, granularity: str) -> jnp.ndarray:
+    """Per-query-head scores [B, Hq, ...] -> [B, Hsel, ...]: as is ("query") or max over each GQA group ("kv")."""
+    if granularity == "query":
+        return scores
+    b, hq = scores.shape[:2]
+    return scores.reshape(b, num_kv_heads, hq // num_kv_heads, *scores.shape[2:]).max(axis=2)
+
+
+def forced_keys(key_pos: jnp.ndarray, query_pos: jnp.ndarray, n_sink: int, n_window: int) -> jnp.ndarray:
+    """Forced (always kept) keys: key_pos < n_sink or key_pos > query_pos - n_window, causal only.
+
+    key_pos: [T], query_pos: [...] -> bool [..., T].
+    """
+    q = query_pos[..., None]
+    return (key_pos <= q) & ((key_pos < n_sink) | (key_pos > q - n_window))
+
+
+def decode_select(scores: jnp.ndarray, query_pos: jnp.ndarray, budget: Budget, k_max: int,
+                  n_sink: int, n_window: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Indices [B, Hs, k_max] and validity for the current token at query_pos [B] from scores [B, Hs, T]."""
+    key_pos = jnp.arange(scores.shape[-1])
+    forced = forced_keys(key_pos, query_pos, n_sink, n_window)[:, None, :]
+    visible = key_pos[None, None, :] <= query_pos[:, None, None]
+    finite = jnp.minimum(scores.astype(jnp.float32), jnp.finfo(jnp.float32).max)  # forced tokens outrank +inf scores
+    ranked = jnp.where(forced, jnp.inf, jnp.where(visible, finite, -jnp.inf))
+    values, indices = jax.lax.top_k(ranked, k_max)
+    n_kept = jnp.maximum(budget.kept(query_pos + 1), forced.sum(-1)[:, 0])
+    valid = (jnp.arange(k_max)[None, None, :] < n_kept[:, None, None]) & (values > -jnp.inf)
+    return indices.astype(jnp.int32), valid
+
+
+def simulated_keep(scores: jnp.ndarray, query_pos: jnp.ndarray, budget: Budget, n_sink: int, n_window: int) -> jnp.ndarray:
+    """Keep-mask [B, Hs, Tq, T] for every query row at query_pos [B, Tq] from scores [B, Hs, Tq, T]."""
+    key_pos = jnp.arange(scores.shape[-1])
+    forced = forced_keys(key_pos, query_pos, n_sink, n_window)[:, None]
+    visible = (key_pos <= query_pos[..., None])[:, None]
+    candidates = visible & ~forced
+    ranked = jnp.where(candidates, scores.astype(jnp.float32), -jnp.inf)
+    order = jnp.argsort(-ranked, axis=-1, stable=True)
+    rank = jnp.argsort(order, axis=-1, stable=True)
+    n_select = budget.kept(query_pos + 1)[:, None, :, None] - forced.sum(-1, keepdims=True)
+    return forced | (candidates & (rank < n_select))
+
+
+def indices_to_mask(indices: jnp.ndarray, valid: jnp.ndarray, length: int) -> jnp.ndarray:
+    """Index lists [..., K] + validity -> bool mask [..., length] (a scatter, O(K) per row)."""
+    lead, k = indices.shape[:-1], indices.shape[-1]
+    rows = jnp.arange(math.prod(lead))[:, None]
+    mask = jnp.zeros((rows.shape[0], length), jnp.int8)
+    mask = mask.at[rows, indices.reshape(-1, k)].max(valid.reshape(-1, k).astype(jnp.int8))
+    return mask.reshape(*lead, length).astype(bool)
