@@ -42,5 +42,4 @@ def smollm2_tok():
 
 @pytest.fixture(scope="session")
 def wikitext_test_text() -> str:
-    path = WIKITEXT_TEST if WIKITEXT_TEST.is_file() else REPO.parent / "shared/data/wikitext-2-raw/wiki.test.raw"
-    return path.read_text(encoding="utf-8")
+    return WIKITEXT_TEST.read_text(encoding="utf-8")
