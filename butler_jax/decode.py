@@ -24,6 +24,7 @@ from butler_jax.sparsity.base import Policy
 from butler_jax.sparsity.dense import DensePolicy
 
 PAD_MULTIPLE = 64  # prompt lengths are padded to a multiple of this to limit recompilation
+PREFILL_CHUNK = 1024  # prompt attention runs over query chunks of this size (memory O(chunk x P))
 
 
 def unpad(tokens: np.ndarray, attention_mask: np.ndarray) -> list[list[int]]:
@@ -53,11 +54,11 @@ def prefill(model: LlamaForCausalLM, params, tokens, lengths, cache: KVCache, po
 
     def attend(layer: int, x: LayerInputs, carry):
         cache, state = carry
-        cache = cache._replace(
-            k=cache.k.at[layer].set(write_block(cache.k[layer], x.k)),
-            v=cache.v.at[layer].set(write_block(cache.v[layer], x.v)),
-        )
-        out = causal_attention(x.q, x.k, x.v, x.positions, x.positions, k_lengths=lengths)
+        cache = cache.replace_layer(layer, write_block(cache.k[layer], x.k), write_block(cache.v[layer], x.v))
+        out = jnp.concatenate([
+            causal_attention(x.q[:, s:s + PREFILL_CHUNK], x.k, x.v, x.positions[:, s:s + PREFILL_CHUNK], x.positions, k_lengths=lengths)
+            for s in range(0, x.q.shape[1], PREFILL_CHUNK)
+        ], axis=1)
         state = policy.observe_prefill(layer, x, cache, lengths, state)
         return out, (cache, state)
 
@@ -73,10 +74,8 @@ def decode_step(model: LlamaForCausalLM, params, token, cache: KVCache, policy: 
 
     def attend(layer: int, x: LayerInputs, carry):
         cache, state = carry
-        cache = cache._replace(
-            k=cache.k.at[layer].set(write_token(cache.k[layer], x.k, cache.lengths)),
-            v=cache.v.at[layer].set(write_token(cache.v[layer], x.v, cache.lengths)),
-        )
+        cache = cache.replace_layer(layer, write_token(cache.k[layer], x.k, cache.lengths),
+                                    write_token(cache.v[layer], x.v, cache.lengths))
         out, state = policy.attend(layer, x, cache, state)
         return out, (cache, state)
 
@@ -96,15 +95,12 @@ class GenerationResult:
         return [list(map(int, t[:n])) for t, n in zip(self.tokens, self.num_generated)]
 
 
-@partial(jax.jit, static_argnames=("model", "policy", "max_new_tokens", "sampling", "stop_tokens", "capacity"))
-def _generate(model, params, tokens, lengths, key, *, policy, max_new_tokens, sampling, stop_tokens, capacity):
-    batch = tokens.shape[0]
-    cache = init_cache(model.cfg, batch, capacity)
-    state = policy.init_state(model.cfg, batch, capacity)
-    logits, cache, state = prefill(model, params, tokens, lengths, cache, policy, state)
+def decode_loop(model: LlamaForCausalLM, params, first, cache: KVCache, state, key, *, policy: Policy,
+                max_new_tokens: int, sampling: SamplingConfig, stop_tokens: tuple[int, ...], return_cache: bool = False):
+    """Tokens [B, max_new_tokens] (first = the token sampled from prefill) and counts [B], in one
+    while_loop (and the final cache when `return_cache`)."""
+    batch = first.shape[0]
     stops = jnp.asarray(stop_tokens or (-1,), jnp.int32)
-    key, sub = jax.random.split(key)
-    first = sample(logits, sub, sampling)
     out = jnp.zeros((batch, max_new_tokens), jnp.int32).at[:, 0].set(first)
     done = jnp.isin(first, stops)
     count = jnp.ones((batch,), jnp.int32)
@@ -124,8 +120,20 @@ def _generate(model, params, tokens, lengths, key, *, policy, max_new_tokens, sa
         return step + 1, out, done, count, cache, state, key
 
     carry = (jnp.int32(1), out, done, count, cache, state, key)
-    _, out, _, count, _, _, _ = jax.lax.while_loop(cond, body, carry)
-    return out, count
+    _, out, _, count, cache, _, _ = jax.lax.while_loop(cond, body, carry)
+    return (out, count, cache) if return_cache else (out, count)
+
+
+@partial(jax.jit, static_argnames=("model", "policy", "max_new_tokens", "sampling", "stop_tokens", "capacity"))
+def _generate(model, params, tokens, lengths, key, *, policy, max_new_tokens, sampling, stop_tokens, capacity):
+    batch = tokens.shape[0]
+    cache = init_cache(model.cfg, batch, capacity)
+    state = policy.init_state(model.cfg, batch, capacity)
+    logits, cache, state = prefill(model, params, tokens, lengths, cache, policy, state)
+    key, sub = jax.random.split(key)
+    first = sample(logits, sub, sampling)
+    return decode_loop(model, params, first, cache, state, key, policy=policy, max_new_tokens=max_new_tokens,
+                       sampling=sampling, stop_tokens=stop_tokens)
 
 
 def generate(

@@ -1,0 +1,30 @@
+"""The `eval:` config section."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What `evaluate.py` runs: methods x budgets x tasks, and where it writes.
+
+    tasks: `perplexity`, `coref`, `ruler`. Budgets use the sparsity syntax (`fixed_50pc`, 0.5, 2048);
+    dense runs once. `ppl_source`: `wikitext2-test`, `wikitext2-valid`, or a text file / folder.
+    """
+
+    methods: list[str] = field(default_factory=lambda: ["dense", "tokenbutler", "oracle", "h2o", "snapkv", "quest", "streamingllm"])
+    budgets: list[str] = field(default_factory=lambda: ["fixed_50pc"])
+    tasks: list[str] = field(default_factory=lambda: ["perplexity", "coref", "ruler"])
+    output_dir: str = "outputs/eval"
+    seed: int = 0
+    ppl_source: str = "wikitext2-test"
+    ppl_context: int = 1024
+    ppl_windows: int = 4
+    ruler_tasks: list[str] = field(default_factory=lambda: ["niah_single_1", "niah_multikey_1", "vt"])
+    ruler_length: int = 1024
+    ruler_samples: int = 2
+    ruler_haystack_dir: str = ""
+    ruler_budgets: list[str] = field(default_factory=list)  # default: the same as budgets
+    coref_samples: int = 4
+    coref_length: int = 400

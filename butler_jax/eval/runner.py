@@ -1,0 +1,50 @@
+"""Runs methods x budgets x tasks, appending one record per sample (resumable), then reports."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from tqdm import tqdm
+
+from butler_jax.eval.config import EvalConfig
+from butler_jax.eval.report import markdown_table, plot, summarize, write_csv
+from butler_jax.eval.results import ResultStore
+from butler_jax.sparsity import SparsityConfig, make_policy
+
+# a task: (name, samples, evaluate(policy, sample) -> record fields, budgets it runs at)
+Task = tuple[str, list, Callable[[Any, Any], dict], list[str]]
+
+
+def method_budgets(methods: list[str], budgets: list[str]) -> list[tuple[str, str]]:
+    """(method, budget) pairs; dense runs once with budget 'full'."""
+    pairs = []
+    for method in methods:
+        pairs.extend([(method, "full")] if method == "dense" else [(method, b) for b in budgets])
+    return pairs
+
+
+def run_tasks(tasks: list[Task], eval_cfg: EvalConfig, sparsity: SparsityConfig, model_cfg, predictor=None) -> list[dict]:
+    """Evaluate every task for every (method, budget), skipping stored samples; returns summary rows."""
+    out = Path(eval_cfg.output_dir)
+    store = ResultStore(out / "samples.jsonl")
+    for task_name, samples, evaluate, budgets in tasks:
+        for method, budget in method_budgets(eval_cfg.methods, budgets):
+            todo = [s for s in samples if not store.has(method=method, budget=budget, task=task_name, sample=s.sample)]
+            if not todo:
+                continue
+            section = dataclasses.replace(sparsity, method=method, budget=budget if budget != "full" else sparsity.budget)
+            policy = make_policy(section, model_cfg, predictor)
+            for sample in tqdm(todo, desc=f"{task_name} {method} {budget}", leave=False):
+                start = time.perf_counter()
+                record = evaluate(policy, sample)
+                record.update(method=method, budget=budget, task=task_name, sample=sample.sample,
+                              seconds=round(time.perf_counter() - start, 3))
+                store.add(record)
+    rows = summarize(store.records())
+    write_csv(rows, out / "summary.csv")
+    (out / "summary.md").write_text(markdown_table(rows))
+    plot(rows, out)
+    return rows
