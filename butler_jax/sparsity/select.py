@@ -53,11 +53,23 @@ def simulated_keep(scores: jnp.ndarray, query_pos: jnp.ndarray, budget: Budget, 
     forced = forced_keys(key_pos, query_pos, n_sink, n_window)[:, None]
     visible = (key_pos <= query_pos[..., None])[:, None]
     candidates = visible & ~forced
-    ranked = jnp.where(candidates, scores.astype(jnp.float32), -jnp.inf)
-    order = jnp.argsort(-ranked, axis=-1, stable=True)
-    rank = jnp.argsort(order, axis=-1, stable=True)
-    n_select = budget.kept(query_pos + 1)[:, None, :, None] - forced.sum(-1, keepdims=True)
-    return forced | (candidates & (rank < n_select))
+    ranked = jnp.where(candidates, jnp.minimum(scores.astype(jnp.float32), jnp.finfo(jnp.float32).max), -jnp.inf)
+    n_select = jnp.maximum(budget.kept(query_pos + 1)[:, None, :, None] - forced.sum(-1, keepdims=True), 0)
+    return forced | (candidates & top_n_mask(ranked, n_select, budget.max_kept(scores.shape[-1])))
+
+
+def top_n_mask(x: jnp.ndarray, n: jnp.ndarray, n_max: int) -> jnp.ndarray:
+    """Mask of the n (per row, <= n_max) largest entries of x [..., T], ties to the lower index.
+
+    The n-th value is read from one top_k(n_max); entries above it are kept, and of the entries
+    equal to it only as many as still fit, lowest index first (a cumulative count).
+    """
+    top = jax.lax.top_k(x, max(1, min(n_max, x.shape[-1])))[0]
+    threshold = jnp.take_along_axis(top, jnp.clip(n - 1, 0, top.shape[-1] - 1), axis=-1)
+    above = x > threshold
+    ties = (x == threshold) & (x > -jnp.inf)
+    room = n - above.sum(-1, keepdims=True)
+    return (n > 0) & (above | (ties & (jnp.cumsum(ties, axis=-1) <= room)))
 
 
 def indices_to_mask(indices: jnp.ndarray, valid: jnp.ndarray, length: int) -> jnp.ndarray:

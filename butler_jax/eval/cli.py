@@ -1,0 +1,81 @@
+"""evaluate.py's work: load the model (and predictor), build the tasks, run, print the table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from butler_jax.config import ModelConfig, load_yaml, section
+from butler_jax.eval.config import EvalConfig
+from butler_jax.eval.runner import Task, run_tasks
+from butler_jax.eval.tasks_perplexity import evaluate_window, perplexity_samples
+from butler_jax.models.llama import LlamaForCausalLM
+from butler_jax.sparsity import METHODS, SparsityConfig
+from butler_jax.weights import load_tokenizer, model_from_config
+
+PACKAGE_DATA = Path(__file__).resolve().parent / "data"
+NAMED_TEXTS = {
+    "wikitext2-test": PACKAGE_DATA / "wikitext-2-raw" / "wiki.test.raw",
+    "wikitext2-valid": PACKAGE_DATA / "wikitext-2-raw" / "wiki.valid.raw",
+}
+
+
+def read_text_source(source: str) -> str:
+    """Text of a named corpus (wikitext2-test / wikitext2-valid), a file, or every .txt in a folder."""
+    path = NAMED_TEXTS.get(source, Path(source).expanduser())
+    if path.is_dir():
+        files = sorted(path.glob("*.txt"))
+        if not files:
+            raise FileNotFoundError(f"eval.ppl_source={source!r} is a folder without .txt files")
+        return "\n\n".join(f.read_text(encoding="utf-8", errors="replace") for f in files)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"eval.ppl_source={source!r} is neither {sorted(NAMED_TEXTS)} nor an existing file or folder"
+        )
+    return path.read_text(encoding="utf-8", errors="replace")
+
+
+def check_methods(eval_cfg: EvalConfig) -> None:
+    unknown = [m for m in eval_cfg.methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"eval.methods has unknown method {unknown[0]!r}; choose from {list(METHODS)}")
+    bad = [t for t in eval_cfg.tasks if t not in ("perplexity", "coref", "ruler")]
+    if bad:
+        raise ValueError(f"eval.tasks has unknown task {bad[0]!r}; choose from ['perplexity', 'coref', 'ruler']")
+
+
+def build_tasks(eval_cfg: EvalConfig, sparsity: SparsityConfig, model, params, tokenizer) -> list[Task]:
+    tasks: list[Task] = []
+    if "perplexity" in eval_cfg.tasks:
+        ids = np.asarray(tokenizer.encode(read_text_source(eval_cfg.ppl_source)[: 40 * eval_cfg.ppl_context * eval_cfg.ppl_windows]))
+        samples = perplexity_samples(ids, eval_cfg.ppl_context, eval_cfg.ppl_windows)
+        name = f"ppl:{Path(eval_cfg.ppl_source).stem if eval_cfg.ppl_source not in NAMED_TEXTS else eval_cfg.ppl_source}"
+        evaluate = lambda policy, s: evaluate_window(model, params, policy, s, sparsity.dense_layers)  # noqa: E731
+        tasks.append((name, samples, evaluate, eval_cfg.budgets))
+    return tasks
+
+
+def run_from_config(config_path: str, overrides: list[str]) -> list[dict]:
+    data = load_yaml(config_path, overrides)
+    eval_cfg = section(data, "eval", EvalConfig)
+    sparsity = section(data, "sparsity", SparsityConfig)
+    check_methods(eval_cfg)
+    cfg, params = model_from_config(section(data, "model", ModelConfig))
+    tokenizer = load_tokenizer(cfg.source)
+    model = LlamaForCausalLM(cfg)
+    predictor = None
+    if "tokenbutler" in eval_cfg.methods:
+        from butler_jax.eval.predictor_loading import load_predictor_for_eval
+
+        predictor = load_predictor_for_eval(data, cfg)
+    tasks = build_tasks(eval_cfg, sparsity, model, params, tokenizer)
+    print(f"evaluating {cfg.source}: methods {eval_cfg.methods}, budgets {eval_cfg.budgets}, "
+          f"tasks {[t[0] for t in tasks]} ({sum(len(t[1]) for t in tasks)} samples each) -> {eval_cfg.output_dir}")
+    rows = run_tasks(tasks, eval_cfg, sparsity, cfg, predictor)
+    out = Path(eval_cfg.output_dir)
+    print((out / "summary.md").read_text())
+    print(f"wrote {out / 'samples.jsonl'}, {out / 'summary.csv'}, {out / 'summary.md'} and plots in {out}")
+    (out / "config.json").write_text(json.dumps(data, indent=1, default=str))
+    return rows
