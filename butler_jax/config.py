@@ -219,3 +219,33 @@ def load_yaml(path: str | Path, overrides: list[str] | None = None) -> dict[str,
 def section(data: dict[str, Any], name: str, cls: type[T]) -> T:
     """Build the dataclass for section `name` of a loaded config (defaults when absent)."""
     return from_dict(cls, data.get(name) or {}, name)
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictorConfig:
+    """The `predictor:` section: which TokenButler predictor, its sizes, and its checkpoint.
+
+    kind "paper": one predictor reading layer 0's attention input, serving every layer (N slots);
+    variant v1 (paper .pt) or v2 (HF Butler models: + norm2, norm_importance). kind "longctx":
+    a producer every `producer_frequency` layers (LayerNorm + SiLU MLP -> query vectors) and
+    per-(layer, KV head) projections of the model's own post-RoPE keys (int8 storage optional).
+    """
+
+    kind: Literal["paper", "longctx"] = "paper"
+    variant: Literal["v1", "v2"] = "v2"
+    dDash: int = 16
+    intdim: int = 256
+    attn_reduce_factor: int = 4
+    producer_frequency: int = 4  # longctx only
+    dropout: float = 0.1
+    int8_keys: bool = False  # longctx only
+    checkpoint: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("dDash", "intdim", "attn_reduce_factor", "producer_frequency"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"predictor.{name}={getattr(self, name)} must be >= 1")
+        if self.dDash % 2:
+            raise ConfigError(f"predictor.dDash={self.dDash} must be even (RoPE rotates pairs)")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"predictor.dropout={self.dropout} must be in [0, 1)")

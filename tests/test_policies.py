@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from butler_jax.cache import init_cache
-from butler_jax.config import ModelConfig
+from butler_jax.config import ModelConfig, PredictorConfig
 from butler_jax.decode import decode_step, generate, prefill
 from butler_jax.models.llama import LlamaForCausalLM, init_params
+from butler_jax.models.predictor import PaperPredictor, init_predictor
 from butler_jax.sparsity import SparsityConfig, make_policy, parse_budget
 from butler_jax.sparsity.budget import Budget
 from butler_jax.sparsity.select import decode_select, indices_to_mask, simulated_keep
@@ -20,12 +21,18 @@ from butler_jax.sparsity.simulate import simulated_logits
 
 CFG = ModelConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
                   num_attention_heads=4, num_key_value_heads=2)
-SCORED = ("oracle", "quest", "streamingllm")
+SCORED = ("oracle", "quest", "streamingllm", "tokenbutler")
+PCFG = PredictorConfig(dDash=8, intdim=32, attn_reduce_factor=2)
 
 
 @pytest.fixture(scope="module")
 def tiny():
     return LlamaForCausalLM(CFG), init_params(CFG, seed=1)
+
+
+def policy_for(section: SparsityConfig):
+    """make_policy with a random paper predictor for TokenButler."""
+    return make_policy(section, CFG, (PaperPredictor(PCFG, CFG), init_predictor(PCFG, CFG, seed=7)))
 
 
 def teacher_forced_decode_logits(model, params, tokens: np.ndarray, policy) -> np.ndarray:
@@ -56,7 +63,7 @@ def test_full_budget_equals_dense(tiny, method) -> None:
     model, params = tiny
     tokens = np.random.default_rng(0).integers(0, 128, (1, 48))
     dense, _ = model.apply({"params": params}, jnp.asarray(tokens), jnp.arange(48)[None])
-    policy = make_policy(SparsityConfig(method=method, budget="4096", n_sink=2, n_window=2, page_size=4), CFG)
+    policy = policy_for(SparsityConfig(method=method, budget="4096", n_sink=2, n_window=2, page_size=4))
     sim, _ = simulated_logits(model, params, jnp.asarray(tokens), policy)
     assert np.abs(np.asarray(sim) - np.asarray(dense)).max() <= 1e-5
     dec = teacher_forced_decode_logits(model, params, tokens[:, :20], policy)
@@ -89,7 +96,7 @@ def test_oracle_keeps_exact_topk_per_head(n_sink, n_window) -> None:
 def test_decode_and_simulation_select_the_same_tokens(tiny, method) -> None:
     model, params = tiny
     tokens = np.random.default_rng(5).integers(0, 128, (1, 40))
-    policy = make_policy(SparsityConfig(method=method, budget="fixed_50pc", n_sink=2, n_window=3, page_size=4), CFG)
+    policy = policy_for(SparsityConfig(method=method, budget="fixed_50pc", n_sink=2, n_window=3, page_size=4))
     sim, _ = simulated_logits(model, params, jnp.asarray(tokens), policy)
     dec = teacher_forced_decode_logits(model, params, tokens, policy)
     dense, _ = model.apply({"params": params}, jnp.asarray(tokens), jnp.arange(40)[None])
@@ -110,6 +117,20 @@ def test_quest_with_page_size_one_equals_oracle(tiny) -> None:
 def test_generation_runs_every_scored_policy_in_one_loop(tiny) -> None:
     model, params = tiny
     for method in SCORED:
-        policy = make_policy(SparsityConfig(method=method, budget=16, n_sink=2, n_window=2), CFG)
+        policy = policy_for(SparsityConfig(method=method, budget=16, n_sink=2, n_window=2))
         rows = generate(model, params, [[1, 2, 3], [4, 5]], 12, policy=policy).rows()
         assert [len(r) for r in rows] == [12, 12]
+
+
+def test_predict_interval_reuses_the_last_selection_between_predictions(tiny) -> None:
+    """With interval 3, steps 2 and 3 keep step 1's selection (plus the moving window)."""
+    model, params = tiny
+    tokens = np.random.default_rng(9).integers(0, 128, (1, 30))
+    every = policy_for(SparsityConfig(method="tokenbutler", budget=8, n_sink=1, n_window=2))
+    sparse = policy_for(SparsityConfig(method="tokenbutler", budget=8, n_sink=1, n_window=2, predict_interval=3))
+    a = teacher_forced_decode_logits(model, params, tokens, every)
+    b = teacher_forced_decode_logits(model, params, tokens, sparse)
+    assert np.abs(a[:8] - b[:8]).max() <= 1e-5  # the budget of 8 covers everything early on
+    assert np.abs(a - b).max() > 1e-4  # later, reuse differs from fresh predictions
+    state = sparse.init_state(CFG, 1, 30)
+    assert len(state.previous) == CFG.num_hidden_layers

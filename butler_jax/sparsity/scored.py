@@ -59,9 +59,13 @@ class ScoredPolicy:
         """Scores [B, Hsel, Tq, T] for query rows `rows` (logits: their true logits [B, Hq, Tq, T])."""
         raise NotImplementedError
 
-    def observe(self, layer: int, x: LayerInputs, carry: Any) -> Any:
-        """Hook run at every layer before selection (simulation and decode); default: nothing."""
+    def observe_simulation(self, layer: int, x: LayerInputs, carry: Any) -> Any:
+        """Hook run at every layer of a simulated pass before selection; default: nothing."""
         return carry
+
+    def observe_decode(self, layer: int, x: LayerInputs, cache: KVCache, state: Any) -> Any:
+        """Hook run at every layer of a decode step before selection; default: nothing."""
+        return state
 
     # --- shared machinery ----------------------------------------------------------------------
     def init_state(self, cfg: ModelConfig, batch: int, capacity: int) -> Any:
@@ -85,7 +89,7 @@ class ScoredPolicy:
         return indices, valid, state
 
     def attend(self, layer: int, x: LayerInputs, cache: KVCache, state: Any) -> tuple[jnp.ndarray, Any]:
-        state = self.observe(layer, x, state)
+        state = self.observe_decode(layer, x, cache, state)
         if layer < self.settings.dense_layers:
             return dense_attend(x.q, cache.k[layer], cache.v[layer], cache.lengths + 1, self.settings.implementation), state
         indices, valid, state = self.select(layer, x, cache, state)
@@ -97,7 +101,7 @@ class ScoredPolicy:
 
     def simulate_layer(self, layer: int, x: LayerInputs, carry: Any) -> tuple[jnp.ndarray, Any, LayerStats]:
         """Decode-simulated attention of all rows of x (each row selects among its causal past)."""
-        carry = self.observe(layer, x, carry)
+        carry = self.observe_simulation(layer, x, carry)
         t, s = x.q.shape[1], self.settings
         outs, stats = [], LayerStats.zeros()
         for start in range(0, t, s.sim_chunk):
