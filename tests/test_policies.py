@@ -134,3 +134,19 @@ def test_predict_interval_reuses_the_last_selection_between_predictions(tiny) ->
     assert np.abs(a - b).max() > 1e-4  # later, reuse differs from fresh predictions
     state = sparse.init_state(CFG, 1, 30)
     assert len(state.previous) == CFG.num_hidden_layers
+
+
+def test_longctx_tokenbutler_decode_equals_simulation(tiny) -> None:
+    from butler_jax.models.predictor_longctx import LongctxPredictor, longctx_param_count
+
+    model, params = tiny
+    pcfg = PredictorConfig(kind="longctx", dDash=8, intdim=16, producer_frequency=2)
+    module = LongctxPredictor(pcfg, CFG)
+    pparams = module.init(jax.random.PRNGKey(3), jnp.ones((1, 2, CFG.hidden_size)), jnp.ones((1, 2, 2, 16)))["params"]
+    assert sum(x.size for x in jax.tree_util.tree_leaves(pparams)) == longctx_param_count(pcfg, CFG)
+    policy = make_policy(SparsityConfig(method="tokenbutler", budget="fixed_50pc", n_sink=1, n_window=2), CFG, (module, pparams))
+    tokens = np.random.default_rng(4).integers(0, 128, (1, 36))
+    sim, stats = simulated_logits(model, params, jnp.asarray(tokens), policy)
+    dec = teacher_forced_decode_logits(model, params, tokens, policy)
+    assert np.abs(dec - np.asarray(sim[0])).max() <= 1e-5
+    assert float(stats[2].kept) < float(stats[2].visible)

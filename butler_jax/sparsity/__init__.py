@@ -66,10 +66,10 @@ def make_policy(sparsity: SparsityConfig, cfg: ModelConfig, predictor: Any = Non
     if method == "tokenbutler":
         if predictor is None:
             raise ValueError("sparsity.method=tokenbutler needs a trained predictor: set predictor.checkpoint in the config")
-        from butler_jax.sparsity.tokenbutler import TokenButlerPolicy
+        from butler_jax.sparsity.tokenbutler import make_tokenbutler
 
-        return TokenButlerPolicy(settings, cfg, predictor, predict_interval=sparsity.predict_interval,
-                                 neighbor_fetch=sparsity.neighbor_fetch)
+        return make_tokenbutler(settings, cfg, predictor, predict_interval=sparsity.predict_interval,
+                                neighbor_fetch=sparsity.neighbor_fetch)
     raise ValueError(f"sparsity.method={method!r} is unknown; choose one of {list(METHODS)}")
 
 

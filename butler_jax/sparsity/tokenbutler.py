@@ -1,11 +1,14 @@
-"""TokenButler: top-K of the learned predictor's importance scores.
+"""TokenButler: top-K of the learned predictor's importance scores, for both predictor designs.
 
-The paper predictor reads layer 0's attention input. In simulation it runs once over the whole
-sequence; in generation its own cache (mini-attention K/V, importance keys) is filled at prefill
-and extended at every step at layer 0, and each consumer layer l scores the cached importance
-keys with the step's importance query of slot l. With `predict_interval` i > 1 a new selection
-is computed every i-th step only; in between, each layer reuses its previous selection (the
-sinks and the recent window stay current), as the long-context release does.
+Paper predictor: reads layer 0's attention input; in simulation it runs once over the sequence;
+in generation its own cache (mini-attention K/V, importance keys) is filled at prefill and
+extended at layer 0 of every step, and consumer layer l scores the cached importance keys with
+the step's query of slot l. Long-context predictor: producers every G layers give the queries of
+the next G layers; keys are projections of the model's own post-RoPE keys, cached per layer.
+
+With `predict_interval` i > 1 a new selection is computed every i-th step only; in between each
+layer reuses its previous selection (sinks and the recent window stay current), as the
+long-context release does.
 """
 
 from __future__ import annotations
@@ -15,21 +18,20 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from butler_jax.models.predictor import PaperPredictor, PredictorCache, importance_logits
+from butler_jax.models.predictor import PaperPredictor, importance_logits
+from butler_jax.models.predictor_longctx import LongctxPredictor, longctx_scores, serving
 from butler_jax.sparsity.scored import ScoredPolicy, SelectionSettings
 from butler_jax.sparsity.select import decode_select
 
 
 class TokenButlerState(NamedTuple):
-    cache: PredictorCache
+    cache: Any  # PredictorCache (paper) or per-layer importance keys (long-context)
     query: jnp.ndarray  # [B, N, H, d'] importance queries of the current step
     step: jnp.ndarray  # decode steps taken
     previous: tuple  # per layer (indices, valid) of the last prediction
 
 
-class TokenButlerPolicy(ScoredPolicy):
-    """Selection by the predictor's scores. `predictor` = (PaperPredictor module, its params)."""
-
+class _TokenButlerBase(ScoredPolicy):
     name = "tokenbutler"
 
     def __init__(self, settings: SelectionSettings, cfg, predictor, predict_interval: int = 1, neighbor_fetch: bool = False):
@@ -39,52 +41,16 @@ class TokenButlerPolicy(ScoredPolicy):
         if neighbor_fetch:
             raise ValueError("sparsity.neighbor_fetch is not implemented yet; set it to false")
         self.module, self.params = predictor
-        if not isinstance(self.module, PaperPredictor):
-            raise ValueError(f"TokenButler needs a PaperPredictor, got {type(self.module).__name__}")
         self.predict_interval = predict_interval
 
     def _apply(self, method: str, *args):
         return self.module.apply({"params": self.params}, *args, method=method)
 
-    # --- simulation ----------------------------------------------------------------------------
-    def init_simulation(self, batch: int, length: int) -> Any:
-        return None
-
-    def observe_simulation(self, layer, x, carry):
-        if layer == 0:
-            return self._apply("__call__", x.normed, x.positions)
-        return carry
-
-    def simulated_scores(self, layer, x, rows, logits, carry):
-        qi, ki = carry
-        return self.reduce_heads(importance_logits(qi[:, rows, layer], ki[:, :, layer]))
-
-    # --- generation ----------------------------------------------------------------------------
-    def init_state(self, cfg, batch: int, capacity: int) -> TokenButlerState:
-        cache = self._apply("init_cache", batch, capacity)
-        n, h, dd = cache.imp_k.shape[1], cache.imp_k.shape[2], cache.imp_k.shape[4]
+    def _empty_previous(self, cfg, batch: int, capacity: int) -> tuple:
         hsel = cfg.num_key_value_heads if self.settings.granularity == "kv" else cfg.num_attention_heads
         k = self.k_max(capacity)
         empty = (jnp.zeros((batch, hsel, k), jnp.int32), jnp.zeros((batch, hsel, k), bool))
-        return TokenButlerState(cache, jnp.zeros((batch, n, h, dd)), jnp.zeros((), jnp.int32),
-                                tuple(empty for _ in range(cfg.num_hidden_layers)))
-
-    def observe_prefill(self, layer, x, cache, lengths, state: TokenButlerState):
-        if layer != 0:
-            return state
-        _, pcache = self._apply("prefill", x.normed, x.positions, lengths, state.cache)
-        return state._replace(cache=pcache)
-
-    def observe_decode(self, layer, x, cache, state: TokenButlerState):
-        if layer != 0:
-            return state
-        query, pcache = self._apply("step", x.normed, x.positions, state.cache)
-        return state._replace(cache=pcache, query=query[:, 0], step=state.step + 1)
-
-    def decode_scores(self, layer, x, cache, state: TokenButlerState):
-        q = state.query[:, layer][:, None]  # [B, 1, H, d']
-        k = jnp.swapaxes(state.cache.imp_k[:, layer], 1, 2)  # [B, T, H, d']
-        return self.reduce_heads(importance_logits(q, k)[:, :, 0]), state
+        return tuple(empty for _ in range(cfg.num_hidden_layers))
 
     def select(self, layer, x, cache, state: TokenButlerState):
         s, k_max = self.settings, self.k_max(cache.capacity)
@@ -107,3 +73,110 @@ class TokenButlerPolicy(ScoredPolicy):
         previous = list(state.previous)
         previous[layer] = (indices, valid)
         return indices, valid, state._replace(previous=tuple(previous))
+
+
+class TokenButlerPolicy(_TokenButlerBase):
+    """Paper predictor (one producer at layer 0 serving every layer)."""
+
+    def init_simulation(self, batch: int, length: int) -> Any:
+        return None
+
+    def observe_simulation(self, layer, x, carry):
+        return self._apply("__call__", x.normed, x.positions) if layer == 0 else carry
+
+    def simulated_scores(self, layer, x, rows, logits, carry):
+        qi, ki = carry
+        return self.reduce_heads(importance_logits(qi[:, rows, layer], ki[:, :, layer]))
+
+    def init_state(self, cfg, batch: int, capacity: int) -> TokenButlerState:
+        cache = self._apply("init_cache", batch, capacity)
+        n, h, dd = cache.imp_k.shape[1], cache.imp_k.shape[2], cache.imp_k.shape[4]
+        return TokenButlerState(cache, jnp.zeros((batch, n, h, dd)), jnp.zeros((), jnp.int32),
+                                self._empty_previous(cfg, batch, capacity))
+
+    def observe_prefill(self, layer, x, cache, lengths, state: TokenButlerState):
+        if layer != 0:
+            return state
+        _, pcache = self._apply("prefill", x.normed, x.positions, lengths, state.cache)
+        return state._replace(cache=pcache)
+
+    def observe_decode(self, layer, x, cache, state: TokenButlerState):
+        if layer != 0:
+            return state
+        query, pcache = self._apply("step", x.normed, x.positions, state.cache)
+        return state._replace(cache=pcache, query=query[:, 0], step=state.step + 1)
+
+    def decode_scores(self, layer, x, cache, state: TokenButlerState):
+        q = state.query[:, layer][:, None]  # [B, 1, H, d']
+        k = jnp.swapaxes(state.cache.imp_k[:, layer], 1, 2)  # [B, T, H, d']
+        return self.reduce_heads(importance_logits(q, k)[:, :, 0]), state
+
+
+class TokenButlerLongctxPolicy(_TokenButlerBase):
+    """Long-context producer predictor; importance keys cached per layer in the model dtype."""
+
+    @property
+    def frequency(self) -> int:
+        return self.module.pcfg.producer_frequency
+
+    def init_simulation(self, batch: int, length: int) -> Any:
+        return {}
+
+    def observe_simulation(self, layer, x, carry):
+        if layer in self.module_producers():
+            carry = {**carry, layer: self._apply("queries", layer, x.residual)}
+        return carry
+
+    def module_producers(self) -> tuple[int, ...]:
+        from butler_jax.models.predictor_longctx import producer_layers
+
+        return producer_layers(self.cfg.num_hidden_layers, self.frequency)
+
+    def simulated_scores(self, layer, x, rows, logits, carry):
+        producer, slot = serving(layer, self.frequency)
+        queries = carry[producer][:, rows, slot]  # [B, Tq, H, d']
+        keys = self._apply("project_keys", layer, x.k)  # [B, T, Hkv, d']
+        return self.reduce_heads(longctx_scores(queries, keys))
+
+    def init_state(self, cfg, batch: int, capacity: int) -> TokenButlerState:
+        dt = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
+        dd = self.module.pcfg.dDash
+        keys = tuple(jnp.zeros((batch, cfg.num_key_value_heads, capacity, dd), dt) for _ in range(cfg.num_hidden_layers))
+        query = jnp.zeros((batch, cfg.num_hidden_layers, cfg.num_attention_heads, dd), dt)
+        return TokenButlerState(keys, query, jnp.zeros((), jnp.int32), self._empty_previous(cfg, batch, capacity))
+
+    def observe_prefill(self, layer, x, cache, lengths, state: TokenButlerState):
+        keys = list(state.cache)
+        block = jnp.swapaxes(self._apply("project_keys", layer, x.k), 1, 2).astype(keys[layer].dtype)
+        keys[layer] = jax.lax.dynamic_update_slice(keys[layer], block, (0, 0, 0, 0))
+        return state._replace(cache=tuple(keys))
+
+    def observe_decode(self, layer, x, cache, state: TokenButlerState):
+        keys = list(state.cache)
+        rows = jnp.arange(x.k.shape[0])
+        new = self._apply("project_keys", layer, x.k)[:, 0].astype(keys[layer].dtype)  # [B, Hkv, d']
+        keys[layer] = keys[layer].at[rows, :, cache.lengths].set(new)
+        state = state._replace(cache=tuple(keys), step=state.step + (layer == 0))
+        if layer in self.module_producers():
+            produced = self._apply("queries", layer, x.residual)[:, 0].astype(state.query.dtype)  # [B, G, H, d']
+            served = range(layer + 1, min(layer + 1 + self.frequency, self.cfg.num_hidden_layers))
+            query = state.query
+            for slot, consumer in enumerate(served):
+                query = query.at[:, consumer].set(produced[:, slot])
+            state = state._replace(query=query)
+        return state
+
+    def decode_scores(self, layer, x, cache, state: TokenButlerState):
+        q = state.query[:, layer][:, None]  # [B, 1, H, d']
+        k = jnp.swapaxes(state.cache[layer], 1, 2)  # [B, T, Hkv, d']
+        return self.reduce_heads(longctx_scores(q, k)[:, :, 0]), state
+
+
+def make_tokenbutler(settings: SelectionSettings, cfg, predictor, **kwargs) -> _TokenButlerBase:
+    """The TokenButler policy matching the predictor module's design."""
+    module = predictor[0]
+    if isinstance(module, PaperPredictor):
+        return TokenButlerPolicy(settings, cfg, predictor, **kwargs)
+    if isinstance(module, LongctxPredictor):
+        return TokenButlerLongctxPolicy(settings, cfg, predictor, **kwargs)
+    raise ValueError(f"TokenButler needs a PaperPredictor or LongctxPredictor, got {type(module).__name__}")
