@@ -23,9 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from butler_jax.cache import KVCache
-from butler_jax.config import ModelConfig, load_yaml, section
+from butler_jax.config import ModelConfig, PredictorConfig, load_yaml, section
 from butler_jax.decode import decode_loop
 from butler_jax.models.llama import LlamaForCausalLM, init_params
+from butler_jax.models.predictor_longctx import LongctxPredictor
 from butler_jax.sampling import SamplingConfig
 from butler_jax.sparsity import SparsityConfig, make_policy
 
@@ -80,7 +81,8 @@ def main() -> None:
     parser.add_argument("--contexts", default="32768,65536,131072")
     parser.add_argument("--batch", default="1")
     parser.add_argument("--budget", type=int, default=8192)
-    parser.add_argument("--methods", default="dense,oracle")
+    parser.add_argument("--methods", default="dense,oracle,tokenbutler_i1,tokenbutler_i4",
+                        help="dense, oracle, tokenbutler_i<N> (long-context predictor, predict_interval N)")
     parser.add_argument("--steps", type=int, default=33)
     parser.add_argument("--out", default=os.environ.get("OUT", "bench/results"))
     args = parser.parse_args()
@@ -91,16 +93,22 @@ def main() -> None:
     weights = param_bytes(params)
     bandwidth = copy_bandwidth()
     print(f"device {jax.devices()[0].device_kind}; copy bandwidth {bandwidth / 1e12:.2f} TB/s; weights {weights / 1e9:.2f} GB")
+    pcfg = PredictorConfig(kind="longctx", dDash=16, intdim=512, producer_frequency=4)
+    predictor = LongctxPredictor(pcfg, cfg)
+    pparams = jax.jit(lambda: predictor.init(jax.random.PRNGKey(1), jnp.ones((1, 1, cfg.hidden_size)),
+                                              jnp.ones((1, 1, cfg.num_key_value_heads, cfg.resolved_head_dim)))["params"])()
+    pparams = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), pparams)
     rows = []
     kv_row = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.resolved_head_dim * 2  # K+V bytes per token
     for batch in map(int, args.batch.split(",")):
         for context in map(int, args.contexts.split(",")):
             capacity = context + args.steps + 1
             cache = random_cache(cfg, batch, capacity, context, jax.random.PRNGKey(context))
-            for method in args.methods.split(","):
+            for label in args.methods.split(","):
+                method, _, interval = label.partition("_i")
                 sparsity = SparsityConfig(method=method, budget=str(args.budget), n_sink=128, n_window=512,
-                                          granularity="kv", dense_layers=1)
-                policy = make_policy(sparsity, cfg)
+                                          granularity="kv", dense_layers=1, predict_interval=int(interval or 1))
+                policy = make_policy(sparsity, cfg, (predictor, pparams))
                 state = policy.init_state(cfg, batch, capacity)
                 seconds, cache = time_decode(model, params, cache, policy, state, args.steps)
                 read_tokens = context if method == "dense" else min(context, args.budget)
@@ -108,10 +116,12 @@ def main() -> None:
                 sparse_layers = 0 if method == "dense" else cfg.num_hidden_layers - 1
                 kv_bytes = dense_layer_bytes * (cfg.num_hidden_layers - sparse_layers) + batch * kv_row // cfg.num_hidden_layers * read_tokens * sparse_layers
                 floor = (weights + kv_bytes) / bandwidth
-                row = dict(method=method, batch=batch, context=context, budget=args.budget, ms_per_token=1e3 * seconds,
+                if method == "tokenbutler":  # importance keys: d' values per KV head, layer and token
+                    kv_bytes += batch * cfg.num_hidden_layers * cfg.num_key_value_heads * context * pcfg.dDash * 2
+                row = dict(method=label, batch=batch, context=context, budget=args.budget, ms_per_token=1e3 * seconds,
                            floor_ms=1e3 * floor, ratio_to_floor=seconds / floor)
                 rows.append(row)
-                print(f"{method:12s} B={batch} ctx={context:6d}: {1e3 * seconds:8.2f} ms/token  floor {1e3 * floor:6.2f} ms  ({seconds / floor:.2f}x)", flush=True)
+                print(f"{label:16s} B={batch} ctx={context:6d}: {1e3 * seconds:8.2f} ms/token  floor {1e3 * floor:6.2f} ms  ({seconds / floor:.2f}x)", flush=True)
             del cache
     meta = dict(device=jax.devices()[0].device_kind, jax=jax.__version__, date=datetime.datetime.now(datetime.UTC).isoformat(),
                 commit=subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or os.environ.get("COMMIT", ""),
