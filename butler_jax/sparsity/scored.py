@@ -114,8 +114,7 @@ class ScoredPolicy:
                 keep = jnp.ones_like(oracle)
             else:
                 keep = simulated_keep(self.simulated_scores(layer, x, rows, logits, carry), q_pos, s.budget, s.n_sink, s.n_window)
-            visible = jnp.broadcast_to(causal, keep.shape)
-            stats = stats + layer_stats(keep, oracle, visible)
+            stats = stats + layer_stats(keep, oracle, causal)
             keep_q = jnp.repeat(keep, self.cfg.num_attention_heads // keep.shape[1], axis=1)
             outs.append(masked_attention(logits, keep_q & causal, x.v))
         return jnp.concatenate(outs, axis=1), carry, stats

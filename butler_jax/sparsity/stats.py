@@ -25,11 +25,16 @@ class LayerStats(NamedTuple):
 
 
 def layer_stats(keep: jnp.ndarray, oracle_keep: jnp.ndarray, visible: jnp.ndarray) -> LayerStats:
-    """keep / oracle_keep / visible: bool [..., T] of the same shape -> summed LayerStats."""
-    f = jnp.float32
+    """keep / oracle_keep: bool [B, H, Tq, T]; visible: bool [B, 1 or H, Tq, T] -> summed LayerStats.
+
+    Counts are exact int32 sums (cast to float32 at the end); `visible` is counted once and
+    multiplied by the heads rather than broadcast."""
+    i = jnp.int32
+    kept = (keep & visible).sum(dtype=i)
     return LayerStats(
-        (keep & visible).sum(dtype=f), visible.sum(dtype=f),
-        (keep & oracle_keep & visible).sum(dtype=f), (oracle_keep & visible).sum(dtype=f),
+        kept.astype(jnp.float32), (visible.sum(dtype=i) * (keep.shape[1] // visible.shape[1])).astype(jnp.float32),
+        (keep & oracle_keep & visible).sum(dtype=i).astype(jnp.float32),
+        (oracle_keep & visible).sum(dtype=i).astype(jnp.float32),
     )
 
 
