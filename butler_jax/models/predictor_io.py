@@ -9,6 +9,7 @@ import jax
 
 from butler_jax.config import ModelConfig, PredictorConfig, from_dict
 from butler_jax.models.predictor import PaperPredictor, paper_param_count
+from butler_jax.models.predictor_longctx import LongctxPredictor, longctx_param_count
 from butler_jax.weights.errors import CheckpointError
 from butler_jax.weights.flax_checkpoint import load_tree, save_tree
 
@@ -25,7 +26,12 @@ def _shape(mcfg: ModelConfig) -> dict:
     return {k: getattr(mcfg, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")}
 
 
-def load_predictor(directory: str | Path, mcfg: ModelConfig) -> tuple[PaperPredictor, dict, PredictorConfig]:
+def count_params(pcfg: PredictorConfig, mcfg: ModelConfig) -> int:
+    """Parameter count from the spec's formula of the configured predictor kind."""
+    return paper_param_count(pcfg, mcfg) if pcfg.kind == "paper" else longctx_param_count(pcfg, mcfg)
+
+
+def load_predictor(directory: str | Path, mcfg: ModelConfig) -> tuple[PaperPredictor | LongctxPredictor, dict, PredictorConfig]:
     """(module, params, config) of a saved predictor, checked against the model's shape."""
     params, meta = load_tree(directory, NAME)
     pcfg = from_dict(PredictorConfig, {**meta["predictor"], "checkpoint": str(directory)}, "predictor")
@@ -35,6 +41,7 @@ def load_predictor(directory: str | Path, mcfg: ModelConfig) -> tuple[PaperPredi
             f"but the loaded model has {_shape(mcfg)}"
         )
     count = sum(v.size for v in jax.tree_util.tree_leaves(params))
-    if count != paper_param_count(pcfg, mcfg):
-        raise CheckpointError(f"predictor in {str(directory)!r} holds {count} parameters, expected {paper_param_count(pcfg, mcfg)}")
-    return PaperPredictor(pcfg, mcfg), params, pcfg
+    if count != count_params(pcfg, mcfg):
+        raise CheckpointError(f"predictor in {str(directory)!r} holds {count} parameters, expected {count_params(pcfg, mcfg)}")
+    module = PaperPredictor(pcfg, mcfg) if pcfg.kind == "paper" else LongctxPredictor(pcfg, mcfg)
+    return module, params, pcfg

@@ -83,3 +83,20 @@ def longctx_scores(queries: jnp.ndarray, keys: jnp.ndarray) -> jnp.ndarray:
     from butler_jax.attention import attention_logits
 
     return attention_logits(queries, keys)
+
+
+def int8_scale(keys: jnp.ndarray, valid: jnp.ndarray) -> jnp.ndarray:
+    """Symmetric int8 scale per KV head (spec longctx §2.4): max |k̂| over the valid (row, position, d')
+    entries of a prefill block / 127, at least 1e-8. keys [B, T, Hkv, d'], valid [B, T] bool -> [Hkv] f32."""
+    peak = jnp.max(jnp.where(valid[:, :, None, None], jnp.abs(keys.astype(jnp.float32)), 0.0), axis=(0, 1, 3))
+    return jnp.maximum(peak / 127.0, 1e-8)
+
+
+def quantize_keys(keys: jnp.ndarray, scale: jnp.ndarray) -> jnp.ndarray:
+    """keys [B, T, Hkv, d'] -> int8 round(k̂ / scale[Hkv]) clipped to [-128, 127] (later tokens reuse the scale)."""
+    return jnp.clip(jnp.round(keys.astype(jnp.float32) / scale[:, None]), -128, 127).astype(jnp.int8)
+
+
+def dequantize_keys(q: jnp.ndarray, scale: jnp.ndarray) -> jnp.ndarray:
+    """int8 keys [B, T, Hkv, d'] -> float32 k̂ ≈ q * scale[Hkv]."""
+    return q.astype(jnp.float32) * scale[:, None]

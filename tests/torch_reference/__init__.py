@@ -1,0 +1,1 @@
+"""PyTorch references of the TokenButler predictors, written from the specs (tests only)."""
