@@ -1,0 +1,109 @@
+"""Helpers shared by the kernels: backend choice, split-K combine, online-softmax block."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+IMPLEMENTATIONS = ("auto", "pallas", "xla")
+
+
+def resolve_implementation(implementation: str, interpret: bool = False) -> str:
+    """Map "auto" | "pallas" | "xla" to "pallas" or "xla".
+
+    "auto" picks Pallas on a GPU backend (or when `interpret=True`, which runs the Pallas kernel
+    through the CPU interpreter) and XLA elsewhere.
+    """
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    if implementation != "auto":
+        return implementation
+    return "pallas" if interpret or jax.default_backend() == "gpu" else "xla"
+
+
+def next_power_of_2(n: int) -> int:
+    """Smallest power of two >= n (and >= 1)."""
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def cdiv(a: int, b: int) -> int:
+    """Ceiling division of non-negative ints."""
+    return -(-a // b)
+
+
+_COMBINE_D_BLOCK = 32  # head-dim columns per combine program (keeps [S, R, 32] in registers).
+
+
+def _combine_kernel(o_ref, m_ref, l_ref, out_ref, *, splits, rows):
+    """Merge one (batch, head, column block): o_ref [Sp, Rp, Dc], m_ref/l_ref [Sp, Rp] -> [Rp, Dc].
+
+    Entries at split >= `splits` or row >= `rows` are padding (masked loads, masked store).
+    """
+    sp, rp, dc = o_ref.shape
+    ok = (jnp.arange(sp)[:, None] < splits) & (jnp.arange(rp)[None, :] < rows)
+    m = plgpu.load(m_ref, mask=ok, other=-jnp.inf)
+    l = plgpu.load(l_ref, mask=ok, other=0.0)
+    o = plgpu.load(o_ref, mask=jnp.broadcast_to(ok[:, :, None], (sp, rp, dc)), other=0.0)
+    w = jnp.exp(m - m.max(axis=0)[None, :])
+    l_tot = (l * w).sum(axis=0)
+    out = (o * w[:, :, None]).sum(axis=0) / jnp.where(l_tot > 0, l_tot, 1.0)[:, None]
+    row_ok = jnp.broadcast_to((jnp.arange(rp) < rows)[:, None], (rp, dc))
+    plgpu.store(out_ref, out.astype(out_ref.dtype), mask=row_ok)
+
+
+def combine_splits(
+    o: jax.Array, m: jax.Array, l: jax.Array, dtype: jnp.dtype, interpret: bool
+) -> jax.Array:
+    """Merge split-K partial softmax results (flash-decoding epilogue) in one Pallas kernel.
+
+    o: [B, H, S, R, D] unnormalised fp32 partial outputs; m, l: [B, H, S, R] running max (finite)
+    and sum of each split. Returns [B, H, R, D] in `dtype`; rows with l = 0 everywhere are 0.
+    """
+    b, h, splits, rows, d = o.shape
+    sp, rp, dc = next_power_of_2(splits), next_power_of_2(rows), min(d, _COMBINE_D_BLOCK)
+    kernel = functools.partial(_combine_kernel, splits=splits, rows=rows)
+    ml_spec = pl.BlockSpec((None, None, sp, rp), lambda bi, hi, j: (bi, hi, 0, 0))
+    return pl.pallas_call(
+        kernel,
+        grid=(b, h, d // dc),
+        in_specs=[
+            pl.BlockSpec((None, None, sp, rp, dc), lambda bi, hi, j: (bi, hi, 0, 0, j)),
+            ml_spec,
+            ml_spec,
+        ],
+        out_specs=pl.BlockSpec((None, None, rp, dc), lambda bi, hi, j: (bi, hi, 0, j)),
+        out_shape=jax.ShapeDtypeStruct((b, h, rows, d), dtype),
+        compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=1),
+        interpret=interpret,
+        name="combine_splits",
+    )(o, m, l)
+
+
+def online_softmax_step(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    ok: jax.Array,
+    carry: tuple[jax.Array, jax.Array, jax.Array],
+    scale: float,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One flash-attention block inside a Pallas kernel.
+
+    q: [R, D], k/v: [N, D] (same dtype as q), ok: [N] bool (False slots are ignored);
+    carry = (o [R, D], m [R], l [R]) fp32 with m started at a finite floor, so all-masked
+    blocks leave o and l unchanged instead of producing NaN.
+    """
+    o, m, l = carry
+    exact = k.dtype == jnp.float32
+    s = plgpu.dot(q, k, trans_b=True, allow_tf32=not exact) * scale
+    s = jnp.where(ok[None, :], s, -jnp.inf)
+    m_new = jnp.maximum(m, s.max(axis=1))
+    alpha = jnp.exp(m - m_new)
+    p = jnp.exp(s - m_new[:, None])
+    l_new = l * alpha + p.sum(axis=1)
+    o_new = o * alpha[:, None] + plgpu.dot(p.astype(v.dtype), v, allow_tf32=not exact)
+    return o_new, m_new, l_new

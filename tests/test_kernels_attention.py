@@ -1,0 +1,159 @@
+"""Pallas decode-attention kernels (CPU interpret mode) against their pure-JAX references."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kernels.dense_decode_attention import dense_decode_attention, dense_decode_attention_reference
+from kernels.sparse_decode_attention import (
+    sparse_decode_attention,
+    sparse_decode_attention_reference,
+)
+
+TOL = {jnp.float32: 2e-5, jnp.bfloat16: 2e-2}
+
+
+def _inputs(seed: int, b: int, hkv: int, g: int, t: int, d: int, dtype):
+    rng = np.random.default_rng(seed)
+    return tuple(jnp.asarray(rng.standard_normal(shape, np.float32), dtype)
+                 for shape in ((b, hkv * g, d), (b, hkv, t, d), (b, hkv, t, d)))
+
+
+def _selection(seed: int, b: int, hsel: int, n: int, t: int):
+    """Random indices with some invalid slots; (b=0, head 0) entirely invalid."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, t, (b, hsel, n), dtype=np.int32)
+    valid = rng.random((b, hsel, n)) < 0.75
+    valid[0, 0] = False
+    return jnp.asarray(idx), jnp.asarray(valid)
+
+
+def _close(out, ref, dtype):
+    assert out.dtype == ref.dtype == dtype
+    assert not np.isnan(np.asarray(out, np.float32)).any()
+    np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref, np.float32),
+                               atol=TOL[dtype], rtol=TOL[dtype])
+
+
+# (b, hkv, g, t, d, k, per_head, dtype, block_k, num_splits)
+SPARSE_CASES = [
+    (2, 2, 1, 37, 32, 21, False, jnp.float32, 16, 2),  # K not a multiple of the block, ragged split
+    (2, 2, 4, 50, 32, 40, False, jnp.bfloat16, 16, None),
+    (1, 2, 8, 64, 64, 64, False, jnp.float32, 32, 2),
+    (2, 1, 4, 45, 32, 19, True, jnp.float32, 16, 1),  # per-query-head selection
+    (1, 2, 8, 33, 32, 48, True, jnp.bfloat16, 16, 3),
+]
+
+
+@pytest.mark.parametrize("b,hkv,g,t,d,k,per_head,dtype,block_k,num_splits", SPARSE_CASES)
+def test_sparse_matches_reference(b, hkv, g, t, d, k, per_head, dtype, block_k, num_splits):
+    q, kc, vc = _inputs(b * 7 + g, b, hkv, g, t, d, dtype)
+    idx, valid = _selection(t + k, b, hkv * g if per_head else hkv, k, t)
+    out = sparse_decode_attention(q, kc, vc, idx, valid, implementation="pallas", interpret=True,
+                                  block_k=block_k, num_splits=num_splits)
+    ref = sparse_decode_attention_reference(q, kc, vc, idx, valid)
+    _close(out, ref, dtype)
+    g0 = 1 if per_head else g  # query heads covered by selection head 0 of batch 0
+    np.testing.assert_array_equal(np.asarray(out[0, :g0], np.float32), 0.0)
+
+
+def test_sparse_reference_matches_numpy():
+    """The reference itself against a per-head numpy loop (duplicates and invalid slots)."""
+    q, kc, vc = _inputs(1, 2, 2, 2, 12, 8, jnp.float32)
+    idx, valid = _selection(2, 2, 4, 9, 12)
+    ref = np.asarray(sparse_decode_attention_reference(q, kc, vc, idx, valid, scale=0.5))
+    qn, kn, vn, ix, ok = map(np.asarray, (q, kc, vc, idx, valid))
+    for b in range(2):
+        for h in range(4):
+            rows = ix[b, h][ok[b, h]]
+            if rows.size == 0:
+                np.testing.assert_array_equal(ref[b, h], 0.0)
+                continue
+            s = kn[b, h // 2, rows] @ qn[b, h] * 0.5
+            p = np.exp(s - s.max())
+            np.testing.assert_allclose(ref[b, h], p @ vn[b, h // 2, rows] / p.sum(), atol=1e-5)
+
+
+def test_sparse_xla_implementation_is_reference():
+    q, kc, vc = _inputs(3, 1, 2, 4, 20, 16, jnp.float32)
+    idx, valid = _selection(4, 1, 2, 7, 20)
+    out = sparse_decode_attention(q, kc, vc, idx, valid, implementation="xla", scale=0.3)
+    ref = sparse_decode_attention_reference(q, kc, vc, idx, valid, scale=0.3)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))
+
+
+# (b, hkv, g, t, d, lengths, dtype, block_k, num_splits)
+DENSE_CASES = [
+    (3, 2, 1, 77, 32, (77, 0, 30), jnp.float32, 16, 3),  # odd T, an empty row, ragged tail
+    (2, 2, 4, 64, 32, (64, 17), jnp.bfloat16, 16, None),
+    (2, 1, 8, 53, 64, (1, 53), jnp.float32, 32, 2),
+]
+
+
+@pytest.mark.parametrize("b,hkv,g,t,d,lengths,dtype,block_k,num_splits", DENSE_CASES)
+def test_dense_matches_reference(b, hkv, g, t, d, lengths, dtype, block_k, num_splits):
+    q, kc, vc = _inputs(t + g, b, hkv, g, t, d, dtype)
+    lengths = jnp.asarray(lengths, jnp.int32)
+    out = dense_decode_attention(q, kc, vc, lengths, implementation="pallas", interpret=True,
+                                 block_k=block_k, num_splits=num_splits)
+    ref = dense_decode_attention_reference(q, kc, vc, lengths)
+    _close(out, ref, dtype)
+
+
+def test_dense_reference_matches_full_softmax():
+    q, kc, vc = _inputs(5, 1, 2, 2, 10, 8, jnp.float32)
+    ref = dense_decode_attention_reference(q, kc, vc, jnp.array([6], jnp.int32))
+    kr = jnp.repeat(kc[:, :, :6], 2, axis=1)
+    vr = jnp.repeat(vc[:, :, :6], 2, axis=1)
+    p = jax.nn.softmax(jnp.einsum("bhd,bhtd->bht", q, kr) / math.sqrt(8), axis=-1)
+    np.testing.assert_allclose(ref, jnp.einsum("bht,bhtd->bhd", p, vr), atol=1e-5)
+
+
+def test_dense_equals_sparse_over_all_tokens():
+    q, kc, vc = _inputs(6, 1, 2, 4, 40, 32, jnp.float32)
+    idx = jnp.broadcast_to(jnp.arange(40, dtype=jnp.int32), (1, 2, 40))
+    valid = idx < 25
+    sparse = sparse_decode_attention(q, kc, vc, idx, valid, implementation="pallas",
+                                     interpret=True, block_k=16)
+    dense = dense_decode_attention(q, kc, vc, jnp.array([25], jnp.int32), implementation="pallas",
+                                   interpret=True, block_k=16)
+    np.testing.assert_allclose(sparse, dense, atol=2e-5)
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        ({"indices": lambda x: x.astype(jnp.int64 if jax.config.x64_enabled else jnp.int16)},
+         "indices must be int32"),
+        ({"indices": lambda x: x[:, :1]}, "indices must be"),
+        ({"valid": lambda x: x.astype(jnp.int32)}, "valid must be bool"),
+        ({"k_cache": lambda x: x.astype(jnp.bfloat16)}, "dtype"),
+        ({"q": lambda x: x[:, :3]}, "does not fit"),
+    ],
+)
+def test_sparse_rejects_bad_inputs(change, match):
+    q, kc, vc = _inputs(0, 1, 2, 2, 16, 16, jnp.float32)
+    idx, valid = _selection(0, 1, 2, 4, 16)
+    args = {"q": q, "k_cache": kc, "v_cache": vc, "indices": idx, "valid": valid}
+    for name, fn in change.items():
+        args[name] = fn(args[name])
+    with pytest.raises(ValueError, match=match):
+        sparse_decode_attention(**args)
+
+
+def test_bad_options_rejected():
+    q, kc, vc = _inputs(0, 1, 2, 2, 16, 16, jnp.float32)
+    lengths = jnp.array([3], jnp.int32)
+    with pytest.raises(ValueError, match="lengths must be int32"):
+        dense_decode_attention(q, kc, vc, lengths.astype(jnp.float32))
+    with pytest.raises(ValueError, match="implementation must be one of"):
+        dense_decode_attention(q, kc, vc, lengths, implementation="cuda")
+    with pytest.raises(ValueError, match="unknown tuning options"):
+        dense_decode_attention(q, kc, vc, lengths, implementation="pallas", block_q=4)
+    with pytest.raises(ValueError, match="block_k must be a power of 2"):
+        dense_decode_attention(q, kc, vc, lengths, implementation="pallas", block_k=24)
