@@ -1,0 +1,99 @@
+"""H2O (Heavy-Hitter Oracle, Zhang et al. 2023) as its paper defines it: accumulated attention.
+
+Per (layer, selection head) an alive set over the cache. A token's score is the sum of the
+softmax probabilities it received from every query so far (over the alive set; for per-KV-head
+selection summed over the GQA group's query heads). The budget K = budget.kept(visible) holds the
+n_sink sinks, the `recent` most recent tokens and the heavy hitters (heavy_fraction of what is
+left after the sinks); eviction is permanent.
+
+Decode step at position p: token p joins -> evict down to K (protected: sinks + recent) ->
+attend over the alive set -> add this row's probabilities to the scores. Prefill end: scores =
+column sums of the prompt's causal softmax, then evict down to K(prompt length). Simulation runs
+the decode step row by row (a lax.scan within the layer, O(T) memory per row); the paper code's
+current-logit importance ("h2o_true") is not implemented.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from butler_jax.attention import causal_mask
+from butler_jax.decode_attention import dense_attend
+from butler_jax.sparsity.eviction import (EvictionPolicy, EvictionState, alive_attention, chunked_simulation,
+                                          evict, prompt_column_sums)
+from butler_jax.sparsity.select import simulated_keep
+from butler_jax.sparsity.stats import LayerStats, layer_stats
+
+
+class H2OPolicy(EvictionPolicy):
+    name = "h2o"
+
+    def __init__(self, settings, cfg, heavy_fraction: float = 0.5):
+        if not 0 <= heavy_fraction <= 1:
+            raise ValueError(f"h2o heavy_fraction={heavy_fraction} must be in [0, 1]")
+        super().__init__(settings, cfg)
+        self.heavy_fraction = heavy_fraction
+
+    def split(self, visible: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """(K, recent) for rows seeing `visible` tokens: K = budget.kept(visible) = sinks + heavy + recent;
+        heavy = floor(heavy_fraction x (K - sinks)), at least one recent token (the current one)."""
+        kept = jnp.maximum(self.settings.budget.kept(visible), 1)
+        rest = jnp.maximum(kept - jnp.minimum(self.settings.n_sink, visible), 0)
+        heavy = jnp.minimum(jnp.floor(rest * self.heavy_fraction).astype(jnp.int32), jnp.maximum(rest - 1, 0))
+        return kept, jnp.maximum(rest - heavy, self.settings.n_window)
+
+    def evict_to_budget(self, alive, score, pos):
+        kept, recent = self.split(pos + 1)
+        n_max = self.settings.budget.max_kept(alive.shape[-1])
+        return evict(alive, score, pos, kept, self.settings.n_sink, recent, n_max)
+
+    def step(self, q, k, v, alive, score, pos, kv_layout):
+        """One query row per batch row at position pos [B]: join, evict, attend, accumulate."""
+        alive = alive | (jnp.arange(alive.shape[-1]) == pos[:, None, None])
+        alive = self.evict_to_budget(alive, score, pos)
+        out, probs, logits = alive_attention(q, k, v, alive, kv_layout)
+        return out, alive, score + self.group_sum(probs), logits
+
+    # --- generation ----------------------------------------------------------------------------
+    def observe_prefill(self, layer, x, cache, lengths, state: EvictionState) -> EvictionState:
+        if self.is_dense(layer):
+            return state
+        capacity = cache.capacity
+        scores = self.group_sum(prompt_column_sums(x, lengths, self.settings.sim_chunk))
+        p = scores.shape[-1]
+        score = jnp.zeros(state.score.shape[1:], jnp.float32).at[..., :p].set(scores)
+        alive = jnp.broadcast_to(jnp.arange(capacity) < lengths[:, None, None], score.shape)
+        alive = self.evict_to_budget(alive, score, lengths - 1)
+        return EvictionState(state.alive.at[layer].set(alive), state.score.at[layer].set(score))
+
+    def attend(self, layer, x, cache, state: EvictionState):
+        if self.is_dense(layer):
+            return dense_attend(x.q, cache.k[layer], cache.v[layer], cache.lengths + 1, self.settings.implementation), state
+        out, alive, score, _ = self.step(x.q, cache.k[layer], cache.v[layer], state.alive[layer], state.score[layer],
+                                         cache.lengths, "bhtd")
+        return out, EvictionState(state.alive.at[layer].set(alive), state.score.at[layer].set(score))
+
+    # --- decode-simulated prefill --------------------------------------------------------------
+    def simulate_layer(self, layer, x, carry):
+        if self.is_dense(layer):
+            out, stats = chunked_simulation(self, layer, x, lambda rows, logits: None)
+            return out, carry, stats
+        b, t = x.q.shape[:2]
+        s = self.settings
+        shape = (b, self.num_selection_heads, t)
+
+        def row(c, i):
+            alive, score, stats = c
+            q = jax.lax.dynamic_slice_in_dim(x.q, i, 1, axis=1)
+            pos = x.positions[:, i]
+            out, alive, score, logits = self.step(q, x.k, x.v, alive, score, pos, "bthd")
+            q_pos = pos[:, None]
+            causal = causal_mask(q_pos, x.positions)
+            oracle = simulated_keep(self.reduce_heads(logits), q_pos, s.budget, s.n_sink, s.n_window)
+            stats = stats + layer_stats(alive[:, :, None], oracle, causal)
+            return (alive, score, stats), out[:, 0]
+
+        init = (jnp.zeros(shape, bool), jnp.zeros(shape, jnp.float32), LayerStats.zeros())
+        (_, _, stats), outs = jax.lax.scan(row, init, jnp.arange(t))
+        return jnp.moveaxis(outs, 0, 1), carry, stats
