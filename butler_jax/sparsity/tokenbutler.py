@@ -6,9 +6,10 @@ extended at layer 0 of every step, and consumer layer l scores the cached import
 the step's query of slot l. Long-context predictor: producers every G layers give the queries of
 the next G layers; keys are projections of the model's own post-RoPE keys, cached per layer.
 
-With `predict_interval` i > 1 a new selection is computed every i-th step only; in between each
-layer reuses its previous selection (sinks and the recent window stay current), as the
-long-context release does.
+With `predict_interval` i > 1 a new selection is computed every i-th step only (steps 1, 1+i,
+...); in between each layer reuses its previous selection and adds the tokens generated since
+(at most i - 1 of them, in i extra slots), as the long-context release does: no scoring and no
+top-K on reuse steps.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class TokenButlerState(NamedTuple):
     query: jnp.ndarray  # [B, N, H, d'] importance queries of the current step
     step: jnp.ndarray  # decode steps taken
     previous: tuple  # per layer (indices, valid) of the last prediction
+    predicted_at: jnp.ndarray  # [B] position of the query of the last prediction
 
 
 class _TokenButlerBase(ScoredPolicy):
@@ -52,27 +54,40 @@ class _TokenButlerBase(ScoredPolicy):
         empty = (jnp.zeros((batch, hsel, k), jnp.int32), jnp.zeros((batch, hsel, k), bool))
         return tuple(empty for _ in range(cfg.num_hidden_layers))
 
+    def is_prediction_step(self, step: jnp.ndarray) -> jnp.ndarray:
+        return (step - 1) % self.predict_interval == 0
+
+    def advance(self, state: TokenButlerState, cache) -> TokenButlerState:
+        """Count a decode step (called at layer 0) and remember where predictions happen."""
+        step = state.step + 1
+        at = jnp.where(self.is_prediction_step(step), cache.lengths, state.predicted_at)
+        return state._replace(step=step, predicted_at=at)
+
     def select(self, layer, x, cache, state: TokenButlerState):
         s, k_max = self.settings, self.k_max(cache.capacity)
+        scores, state = self.decode_scores(layer, x, cache, state) if self.predict_interval == 1 else (None, state)
+        if self.predict_interval == 1:
+            indices, valid = decode_select(scores, cache.lengths, s.budget, k_max, s.n_sink, s.n_window)
+            return indices, valid, state
+        extra = jnp.broadcast_to(jnp.arange(1, self.predict_interval + 1, dtype=jnp.int32), (*cache.lengths.shape, self.predict_interval))
 
         def predict(_):
             scores, _ = self.decode_scores(layer, x, cache, state)
-            return decode_select(scores, cache.lengths, s.budget, k_max, s.n_sink, s.n_window)
+            idx, ok = decode_select(scores, cache.lengths, s.budget, k_max, s.n_sink, s.n_window)
+            return idx, ok
 
         def reuse(_):
-            idx, valid = state.previous[layer]
-            b, hsel = idx.shape[:2]
-            marks = jnp.full((b, hsel, cache.capacity), -jnp.inf).at[
-                jnp.arange(b)[:, None, None], jnp.arange(hsel)[None, :, None], idx].max(jnp.where(valid, 0.0, -jnp.inf))
-            return decode_select(marks, cache.lengths, s.budget, k_max, s.n_sink, s.n_window)
+            return state.previous[layer]
 
-        if self.predict_interval == 1:
-            indices, valid = predict(None)
-        else:
-            indices, valid = jax.lax.cond((state.step - 1) % self.predict_interval == 0, predict, reuse, None)
+        idx, ok = jax.lax.cond(self.is_prediction_step(state.step), predict, reuse, None)
+        new = state.predicted_at[:, None] + extra  # tokens written since the prediction
+        new_ok = (new <= cache.lengths[:, None]) & ~self.is_prediction_step(state.step)
+        hsel = idx.shape[1]
+        indices = jnp.concatenate([idx, jnp.broadcast_to(new[:, None], (new.shape[0], hsel, new.shape[1]))], axis=-1)
+        valid = jnp.concatenate([ok, jnp.broadcast_to(new_ok[:, None], (new.shape[0], hsel, new.shape[1]))], axis=-1)
         previous = list(state.previous)
-        previous[layer] = (indices, valid)
-        return indices, valid, state._replace(previous=tuple(previous))
+        previous[layer] = (idx, ok)
+        return jnp.minimum(indices, cache.capacity - 1), valid, state._replace(previous=tuple(previous))
 
 
 class TokenButlerPolicy(_TokenButlerBase):
@@ -92,7 +107,7 @@ class TokenButlerPolicy(_TokenButlerBase):
         cache = self._apply("init_cache", batch, capacity)
         n, h, dd = cache.imp_k.shape[1], cache.imp_k.shape[2], cache.imp_k.shape[4]
         return TokenButlerState(cache, jnp.zeros((batch, n, h, dd)), jnp.zeros((), jnp.int32),
-                                self._empty_previous(cfg, batch, capacity))
+                                self._empty_previous(cfg, batch, capacity), jnp.zeros((batch,), jnp.int32))
 
     def observe_prefill(self, layer, x, cache, lengths, state: TokenButlerState):
         if layer != 0:
@@ -104,7 +119,7 @@ class TokenButlerPolicy(_TokenButlerBase):
         if layer != 0:
             return state
         query, pcache = self._apply("step", x.normed, x.positions, state.cache)
-        return state._replace(cache=pcache, query=query[:, 0], step=state.step + 1)
+        return self.advance(state._replace(cache=pcache, query=query[:, 0]), cache)
 
     def decode_scores(self, layer, x, cache, state: TokenButlerState):
         q = state.query[:, layer][:, None]  # [B, 1, H, d']
@@ -143,7 +158,8 @@ class TokenButlerLongctxPolicy(_TokenButlerBase):
         dd = self.module.pcfg.dDash
         keys = tuple(jnp.zeros((batch, cfg.num_key_value_heads, capacity, dd), dt) for _ in range(cfg.num_hidden_layers))
         query = jnp.zeros((batch, cfg.num_hidden_layers, cfg.num_attention_heads, dd), dt)
-        return TokenButlerState(keys, query, jnp.zeros((), jnp.int32), self._empty_previous(cfg, batch, capacity))
+        return TokenButlerState(keys, query, jnp.zeros((), jnp.int32), self._empty_previous(cfg, batch, capacity),
+                                jnp.zeros((batch,), jnp.int32))
 
     def observe_prefill(self, layer, x, cache, lengths, state: TokenButlerState):
         keys = list(state.cache)
@@ -156,7 +172,9 @@ class TokenButlerLongctxPolicy(_TokenButlerBase):
         rows = jnp.arange(x.k.shape[0])
         new = self._apply("project_keys", layer, x.k)[:, 0].astype(keys[layer].dtype)  # [B, Hkv, d']
         keys[layer] = keys[layer].at[rows, :, cache.lengths].set(new)
-        state = state._replace(cache=tuple(keys), step=state.step + (layer == 0))
+        state = state._replace(cache=tuple(keys))
+        if layer == 0:
+            state = self.advance(state, cache)
         if layer in self.module_producers():
             produced = self._apply("queries", layer, x.residual)[:, 0].astype(state.query.dtype)  # [B, G, H, d']
             served = range(layer + 1, min(layer + 1 + self.frequency, self.cfg.num_hidden_layers))
