@@ -1,0 +1,160 @@
+"""Configuration of a training run: the `train:` and `data:` sections, validated up front.
+
+`load_run_config(path, overrides)` reads a YAML file (with `base:` includes), applies
+`section.key=value` overrides and returns a `RunConfig` holding the model, predictor, train and
+data sections. Every bad value raises `ConfigError` naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from butler_jax.config import ConfigError, ModelConfig, load_yaml, section
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where training text comes from and how it is cut into sequences.
+
+    `sources`: local files or folders (.txt / .raw / .md: one document per file; .jsonl: one per
+    record; .parquet: one per row), or `hf:<name>[:<config>]` for a Hugging Face dataset
+    (split `hf_split`, column `text_field`). Relative paths are resolved against the repository.
+    `tokenizer`: "model" (the model source's tokenizer), "bytes" (UTF-8 bytes, vocab 256, for
+    random test models), or a tokenizer source (directory, .gguf, hub id).
+    """
+
+    sources: tuple[str, ...] = (
+        "butler_jax/eval/data/wikitext-2-raw/wiki.valid.raw",
+        "butler_jax/train/data/pg19-test-books",
+    )
+    tokenizer: str = "model"
+    seq_len: int = 2048
+    batch_size: int = 1  # global batch (all devices together)
+    seed: int = 42
+    text_field: str = "text"
+    hf_split: str = "train"
+    max_documents: Optional[int] = None  # cap on documents read per source (None: all)
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise ConfigError("data.sources is empty; give at least one file, folder or hf:<name>")
+        for name in ("seq_len", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"data.{name}={getattr(self, name)} must be >= 1")
+        if self.seq_len < 2:
+            raise ConfigError(f"data.seq_len={self.seq_len} must be >= 2")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, loss, sharding, checkpointing and logging of a predictor training run."""
+
+    steps: int = 1000
+    learning_rate: float = 1e-3
+    warmup_fraction: float = 0.1  # linear warmup over this fraction of `steps`, then cosine
+    end_lr_fraction: float = 0.0  # final learning rate as a fraction of `learning_rate`
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.999
+    grad_clip: float = 20.0  # clip the global gradient norm to this (0: no clipping)
+    skip_grad_norm: float = 20000.0  # skip the update when the pre-clip norm exceeds this (0: never)
+    loss: Literal["mse", "kl"] = "mse"
+    loss_region: Literal["causal", "full"] = "causal"  # "full": the paper's L x L quirk (MSE only)
+    query_chunk: int = 256  # query rows per teacher-logit block (divides data.seq_len)
+    top_fraction: float = 0.5  # accuracy: is the key in the true top fraction of its row
+    seed: int = 0  # predictor init and dropout
+    mesh_data: int = 1  # devices on the "data" axis (-1: all left over)
+    mesh_fsdp: int = -1  # devices on the "fsdp" axis (-1: all left over)
+    shard_frozen: bool = False  # shard the frozen LLM's weights over "fsdp" (else replicate)
+    output_dir: str = "runs/train"
+    save_every: int = 100
+    keep_checkpoints: int = 3
+    log_every: int = 1
+    progress: bool = True
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        positive = ("steps", "query_chunk", "save_every", "keep_checkpoints", "log_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"train.learning_rate={self.learning_rate} must be > 0")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ConfigError(f"train.warmup_fraction={self.warmup_fraction} must be in [0, 1)")
+        if not 0 <= self.end_lr_fraction <= 1:
+            raise ConfigError(f"train.end_lr_fraction={self.end_lr_fraction} must be in [0, 1]")
+        if not 0 < self.top_fraction < 1:
+            raise ConfigError(f"train.top_fraction={self.top_fraction} must be in (0, 1)")
+        if self.grad_clip < 0 or self.skip_grad_norm < 0:
+            raise ConfigError("train.grad_clip and train.skip_grad_norm must be >= 0 (0 turns them off)")
+        for name in ("mesh_data", "mesh_fsdp"):
+            value = getattr(self, name)
+            if value == 0 or value < -1:
+                raise ConfigError(f"train.{name}={value} must be a positive device count or -1")
+        if self.mesh_data == -1 and self.mesh_fsdp == -1:
+            raise ConfigError("at most one of train.mesh_data / train.mesh_fsdp may be -1")
+        if self.loss == "kl" and self.loss_region == "full":
+            raise ConfigError("train.loss_region=full only applies to train.loss=mse; use causal with kl")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything a training run needs, plus the raw merged YAML mapping (saved with checkpoints)."""
+
+    model: ModelConfig
+    predictor: Any
+    train: TrainConfig
+    data: DataConfig
+    raw: dict
+
+
+def _predictor_config_class() -> type:
+    from butler_jax import config as base_config
+
+    cls = getattr(base_config, "PredictorConfig", None)
+    if cls is None:
+        raise ConfigError("butler_jax.config has no PredictorConfig; the predictor module is not installed")
+    return cls
+
+
+def build_run_config(raw: dict[str, Any]) -> RunConfig:
+    """Validate every section of a merged config mapping."""
+    allowed = {"model", "predictor", "train", "data"}
+    extra = sorted(set(raw) - allowed - {"sparsity", "eval"})
+    if extra:
+        raise ConfigError(f"unknown config section {extra[0]!r}; allowed sections: {', '.join(sorted(allowed))}")
+    cfg = RunConfig(
+        model=section(raw, "model", ModelConfig),
+        predictor=section(raw, "predictor", _predictor_config_class()),
+        train=section(raw, "train", TrainConfig),
+        data=section(raw, "data", DataConfig),
+        raw=raw,
+    )
+    if cfg.data.seq_len % cfg.train.query_chunk and cfg.train.query_chunk < cfg.data.seq_len:
+        raise ConfigError(
+            f"train.query_chunk={cfg.train.query_chunk} must divide data.seq_len={cfg.data.seq_len}"
+        )
+    if cfg.data.seq_len > cfg.model.max_position_embeddings:
+        raise ConfigError(
+            f"data.seq_len={cfg.data.seq_len} exceeds model.max_position_embeddings="
+            f"{cfg.model.max_position_embeddings}"
+        )
+    return cfg
+
+
+def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read, merge and validate a training config file."""
+    return build_run_config(load_yaml(path, overrides))
+
+
+def resolve_path(path: str) -> Path:
+    """A user path as given if it exists, else relative to the repository root."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists():
+        return p
+    return REPO_ROOT / p

@@ -1,0 +1,149 @@
+"""The training run: build everything from a RunConfig, place it on the mesh, step, log, checkpoint."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from butler_jax.models.llama import LlamaForCausalLM
+from butler_jax.train.checkpoint import CheckpointError, Checkpoints, abstract_like
+from butler_jax.train.config import RunConfig
+from butler_jax.train.data import PackedData, build_data
+from butler_jax.train.mesh import batch_sharding, check_batch, fsdp_shardings, make_mesh, put_global, put_tree, replicated
+from butler_jax.train.metrics import MetricsWriter
+from butler_jax.train.optim import make_optimizer
+from butler_jax.train.step import TrainState, jit_train_step, make_train_step
+from butler_jax.train.student import StudentFactory, make_student
+from butler_jax.weights import model_from_config
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradient norm became NaN / inf; the run stopped without saving that state."""
+
+
+def _host_row(step: int, metrics: dict[str, Any], layers: tuple[int, ...], tokens_per_s: float | None,
+              epoch: int) -> dict[str, Any]:
+    m = jax.device_get(metrics)
+    row: dict[str, Any] = {"step": step, "epoch": epoch}
+    for key in ("loss", "accuracy", "hit_rate", "grad_norm", "lr"):
+        row[key] = float(m[key])
+    row["skipped"] = bool(m["skipped"])
+    if tokens_per_s is not None:
+        row["tokens_per_s"] = tokens_per_s
+    row["layer_loss"] = {str(l): float(v) for l, v in zip(layers, np.asarray(m["layer_loss"]))}
+    row["layer_accuracy"] = {str(l): float(v) for l, v in zip(layers, np.asarray(m["layer_accuracy"]))}
+    return row
+
+
+def _export_predictor(params: Any, cfg: RunConfig, model_cfg: Any, directory: Path, is_main: bool) -> Path:
+    """Write the final predictor in the format `evaluate.py` loads (predictor.safetensors + .json)."""
+    from butler_jax.models.predictor_io import save_predictor
+
+    if jax.process_count() > 1:
+        from jax.experimental.multihost_utils import process_allgather
+
+        params = process_allgather(params, tiled=True)
+    if is_main:
+        save_predictor(params, cfg.predictor, model_cfg, directory)
+    return directory
+
+
+def train(cfg: RunConfig, resume: bool = False, student_factory: StudentFactory = make_student) -> dict[str, Any]:
+    """Run (or resume) training; returns the final metrics. Writes under `train.output_dir`."""
+    tc = cfg.train
+    out = Path(tc.output_dir)
+    mesh = make_mesh(tc)
+    check_batch(cfg.data.batch_size, mesh)
+    is_main = jax.process_index() == 0
+
+    model_cfg, frozen_host = model_from_config(cfg.model)
+    model = LlamaForCausalLM(model_cfg)
+    student = student_factory(cfg.predictor, model_cfg)
+    data: PackedData = build_data(cfg.data, model_cfg)
+    optimizer = make_optimizer(tc)
+    init_key, step_key = jax.random.split(jax.random.PRNGKey(tc.seed))
+
+    def init_state(key: jax.Array) -> TrainState:
+        params = student.init(key, cfg.data.seq_len)
+        return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+
+    state_shardings = fsdp_shardings(jax.eval_shape(init_state, init_key), mesh)
+    frozen_shardings = (fsdp_shardings if tc.shard_frozen else replicated)(frozen_host, mesh)
+    frozen = put_tree(frozen_host, frozen_shardings)
+
+    ckpt = Checkpoints(out / "checkpoints", tc.save_every, tc.keep_checkpoints)
+    if resume:
+        abstract = abstract_like(jax.eval_shape(init_state, init_key), state_shardings)
+        state, meta = ckpt.restore(abstract)
+        if meta["data_fingerprint"] != data.fingerprint():
+            raise CheckpointError(f"the data differs from the checkpointed run's (fingerprint "
+                                  f"{data.fingerprint()} vs {meta['data_fingerprint']}); resume with the same "
+                                  "data.* settings and files")
+    else:
+        if ckpt.latest_step() is not None:
+            raise CheckpointError(f"{ckpt.directory} already holds checkpoints (step {ckpt.latest_step()}); "
+                                  "pass --resume to continue, or set train.output_dir to a new folder")
+        state = jax.jit(init_state, out_shardings=state_shardings)(init_key)
+    start = int(jax.device_get(state.step))
+    meta = {"data_fingerprint": data.fingerprint(), "config": cfg.raw}
+
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.raw, sort_keys=False))
+    writer = MetricsWriter(out, tc.tensorboard, start if resume else None) if is_main else None
+    step_fn = jit_train_step(make_train_step(model, student, optimizer, tc), mesh, state_shardings, frozen_shardings)
+    tokens_sharding = batch_sharding(mesh)
+    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+    layers = tuple(student.consumer_layers)
+
+    bar = tqdm(total=tc.steps, initial=start, disable=not (tc.progress and is_main), desc="train", unit="step")
+    row: dict[str, Any] = {}
+    timed_tokens, timed_seconds = 0, 0.0
+    try:
+        for step in range(start, tc.steps):
+            t0 = time.perf_counter()
+            tokens = put_global(data.batch(step), tokens_sharding)
+            state, metrics = step_fn(state, frozen, tokens, step_key)
+            finite = bool(jax.device_get(metrics["finite"]))
+            seconds = time.perf_counter() - t0
+            if step > start:  # the first step of a process includes compilation
+                timed_tokens, timed_seconds = timed_tokens + tokens_per_step, timed_seconds + seconds
+            if not finite:
+                last = ckpt.latest_step()
+                raise NonFiniteLossError(
+                    f"non-finite loss or gradient at step {step + 1} (loss={float(metrics['loss'])}, grad_norm="
+                    f"{float(metrics['grad_norm'])}); nothing was saved for it. The last good checkpoint is "
+                    f"{'step ' + str(last) if last is not None else 'none'} in {ckpt.directory}. Lower "
+                    "train.learning_rate or train.grad_clip, or check the data, then run again with --resume."
+                )
+            done = step + 1
+            ckpt.save(done, state, meta, force=done == tc.steps)
+            if done % tc.log_every == 0 or done == tc.steps:
+                tps = tokens_per_step / seconds if step > start else None
+                row = _host_row(done, metrics, layers, tps, data.position(step)[0])
+                if writer is not None:
+                    writer.write(row)
+                bar.set_postfix(loss=f"{row['loss']:.4g}", acc=f"{row['accuracy']:.3f}",
+                                tok_s=f"{tps:.0f}" if tps else "-")
+            bar.update(1)
+    finally:
+        bar.close()
+        ckpt.close()
+        if writer is not None:
+            writer.close()
+    export = _export_predictor(state.params, cfg, model_cfg, out / "predictor", is_main)
+    sharded = [any(s.spec) for s in jax.tree.leaves(state_shardings.params)]
+    summary = dict(row, steps=tc.steps, params_sharded=f"{sum(sharded)}/{len(sharded)} leaves over fsdp", mean_tokens_per_s=timed_tokens / timed_seconds if timed_seconds else None,
+                   devices=len(jax.devices()), mesh=dict(mesh.shape), checkpoint=str(ckpt.directory),
+                   predictor=str(export))
+    if is_main:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
