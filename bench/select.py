@@ -1,0 +1,148 @@
+"""Token-selection benchmark: topk_select (Pallas radix) vs its lax.top_k reference vs bare lax.top_k.
+
+Each figure is one jitted lax.fori_loop of N dependent calls (the carry writes a value derived
+from the last output into column 0 of the scores, so nothing is hoisted), timed end to end and
+divided by N. Run: `python bench/select.py` (writes select.md / select.json under $OUT or .).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from kernels.score_select import score_and_select  # noqa: E402
+from kernels.topk_select import _radix_threshold, _topk_select_pallas, topk_select  # noqa: E402
+
+K = 8192
+ITERS = 50
+
+
+def _amortised_us(fn, scores: jax.Array) -> float:
+    """fn: scores [R, T] -> int32 array; mean us per call over ITERS dependent calls."""
+    def body(_, s):
+        out = fn(s)
+        return s.at[:, 0].set((out.reshape(-1)[0] % 2).astype(s.dtype))
+
+    loop = jax.jit(lambda s: jax.lax.fori_loop(0, ITERS, body, s))
+    loop(scores).block_until_ready()
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        loop(scores).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return best / ITERS * 1e6
+
+
+def _try_us(fn, scores: jax.Array) -> float:
+    """_amortised_us, or NaN (error printed) when the variant fails to compile or run."""
+    try:
+        return _amortised_us(fn, scores)
+    except Exception as e:  # noqa: BLE001 - a failing variant must not hide the others
+        print(f"FAILED: {type(e).__name__}: {str(e)[:2000]}", flush=True)
+        return float("nan")
+
+
+def _recall(got: tuple[jax.Array, jax.Array], want: tuple[jax.Array, jax.Array]) -> float:
+    gi, gv = (np.asarray(x) for x in got)
+    wi, wv = (np.asarray(x) for x in want)
+    hits = sum(len(set(gi[r][gv[r]]) & set(wi[r][wv[r]])) for r in range(gi.shape[0]))
+    return hits / max(1, int(wv.sum()))
+
+
+def bench_select(rows: int, t: int, dtype) -> dict:
+    key = jax.random.PRNGKey(rows * t)
+    scores = jax.random.normal(key, (rows, t), jnp.float32).astype(dtype)
+    lengths = jnp.full((rows,), t, jnp.int32)
+    pallas = lambda s: topk_select(s, K, lengths, n_sink=4, n_recent=64, implementation="pallas")
+    xla = lambda s: topk_select(s, K, lengths, n_sink=4, n_recent=64, implementation="xla")
+    pallas_us = _try_us(lambda s: pallas(s)[0], scores)
+    return {
+        "rows": rows, "T": t, "dtype": jnp.dtype(dtype).name, "k": K,
+        "pallas_us": pallas_us,
+        "radix_passes_only_us": _amortised_us(
+            lambda s: _radix_threshold(s, lengths, K, block_t=2048, n_sink=4, n_recent=64,
+                                       interpret=False), scores),
+        "pallas_xla_compaction_us": _amortised_us(
+            lambda s: _topk_select_pallas(s, lengths, K, 4, 64, False, "xla")[0], scores),
+        "xla_reference_us": _amortised_us(lambda s: xla(s)[0], scores),
+        "lax_top_k_us": _amortised_us(lambda s: jax.lax.top_k(s, K)[1], scores),
+        "recall_vs_reference": _recall(
+            jax.jit(lambda s: _topk_select_pallas(s, lengths, K, 4, 64, False, "xla"))(scores)
+            if np.isnan(pallas_us) else jax.jit(pallas)(scores), jax.jit(xla)(scores)),
+    }
+
+
+def bench_score_select(kdtype: str, impl: str) -> dict:
+    b, s, t, d = 1, 32, 131072, 16
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(1), 3)
+    q = jax.random.normal(k1, (b, s, d), jnp.bfloat16)
+    kf = jax.random.normal(k2, (b, s, t, d), jnp.float32)
+    scale = None
+    if kdtype == "int8":
+        kimp = jnp.clip(jnp.round(kf * 32), -127, 127).astype(jnp.int8)
+        scale = jax.random.uniform(k3, (b, s, t), jnp.float32, 0.5, 1.5) / 32
+    else:
+        kimp = kf.astype(jnp.bfloat16)
+    lengths = jnp.full((b,), t, jnp.int32)
+
+    def fn(qq):
+        return score_and_select(qq, kimp, lengths, K, k_scale=scale, n_sink=4, n_recent=64,
+                                implementation=impl)[0]
+
+    return {"rows": s, "T": t, "k_dtype": kdtype, "impl": impl, "us": _amortised_us(fn, q)}
+
+
+def main() -> None:
+    out = Path(os.environ.get("OUT", "."))
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
+    meta = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "commit": commit,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": "PYTHONUNBUFFERED=1 python bench/select.py", "k": K, "iters": ITERS}
+    sel = []
+    for t in (32768, 65536, 131072):
+        for rows in (8, 32):
+            for dtype in (jnp.float32, jnp.bfloat16):
+                r = bench_select(rows, t, dtype)
+                print(json.dumps(r), flush=True)
+                sel.append(r)
+    ss = []
+    for kd in ("bf16", "int8"):
+        for impl in ("pallas", "xla"):
+            r = bench_score_select(kd, impl)
+            print(json.dumps(r), flush=True)
+            ss.append(r)
+    lines = [f"# Token selection, k={K} ({meta['device']}, jax {meta['jax']}, {meta['date']}, "
+             f"commit {commit})", "", f"Command: `{meta['command']}`; us per call, "
+             f"{ITERS} dependent calls in one jit. n_sink=4, n_recent=64.", "",
+             "| rows x T | dtype | topk_select pallas | radix passes alone "
+             "| pallas radix + XLA compaction | xla reference | lax.top_k | recall |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in sel:
+        lines.append(f"| {r['rows']} x {r['T']} | {r['dtype']} | {r['pallas_us']:.1f} | "
+                     f"{r['radix_passes_only_us']:.1f} | {r['pallas_xla_compaction_us']:.1f} | "
+                     f"{r['xla_reference_us']:.1f} | "
+                     f"{r['lax_top_k_us']:.1f} | {r['recall_vs_reference']:.4f} |")
+    lines += ["", "score_and_select, B=1, S=32, T=131072, d'=16:", "",
+              "| keys | impl | us |", "|---|---|---:|"]
+    lines += [f"| {r['k_dtype']} | {r['impl']} | {r['us']:.1f} |" for r in ss]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "select.md").write_text(text)
+    (out / "select.json").write_text(json.dumps({**meta, "select": sel, "score_select": ss},
+                                                indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""topk_select / score_and_select / oracle_select (Pallas interpret mode and XLA) vs numpy exact top-K."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kernels.score_select import (importance_scores, oracle_logits, oracle_select,
+                                  score_and_select, score_and_select_reference)
+from kernels.topk_select import topk_select, topk_select_reference
+
+
+def _exact(scores: np.ndarray, k: int, lengths: np.ndarray, n_sink: int, n_recent: int):
+    """Numpy top-K per row (stable: ties to the lower index) -> list of sorted index arrays."""
+    out = []
+    for row, n in zip(scores.astype(np.float32), lengths):
+        forced = set(range(min(n_sink, n))) | set(range(max(n - n_recent, 0), n))
+        rest = np.array([i for i in range(n) if i not in forced], dtype=np.int64)
+        order = rest[np.argsort(-row[rest], kind="stable")] if rest.size else rest
+        out.append(np.sort(np.concatenate([np.array(sorted(forced), np.int64),
+                                           order[: k - len(forced)]])))
+    return out
+
+
+def _assert_matches(got, want_sets, k):
+    idx, valid = (np.asarray(x) for x in got)
+    assert idx.shape == valid.shape == (len(want_sets), k)
+    for r, want in enumerate(want_sets):
+        n = len(want)
+        assert valid[r, :n].all() and not valid[r, n:].any(), r
+        np.testing.assert_array_equal(idx[r, :n], want, err_msg=f"row {r}")
+        assert (idx[r, n:] == 0).all()
+
+
+CASES = [  # (rows, T, k, n_sink, n_recent, kind of scores)
+    (3, 700, 64, 0, 0, "normal"),
+    (4, 513, 100, 4, 16, "ties"),
+    (2, 1500, 200, 2, 32, "neg_inf"),
+    (3, 300, 16, 1, 3, "normal"),
+]
+
+
+def _scores(rng, rows, t, kind):
+    if kind == "ties":
+        return rng.integers(-2, 3, (rows, t)).astype(np.float32)
+    s = rng.standard_normal((rows, t)).astype(np.float32)
+    if kind == "neg_inf":
+        s[0, :] = -np.inf                      # a whole row of -inf
+        s[1, rng.random(t) < 0.5] = -np.inf    # half -inf
+    return s
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("impl", ["pallas", "xla"])
+def test_topk_select_exact(case, dtype, impl):
+    rows, t, k, n_sink, n_recent, kind = case
+    rng = np.random.default_rng(hash((case, str(dtype))) % 2**32)
+    s = jnp.asarray(_scores(rng, rows, t, kind), dtype)
+    # full length, shorter than K, shorter than sinks+window, random lengths < T
+    lengths = np.array([t, k // 2, 3, *rng.integers(1, t, rows)][:rows], np.int32)
+    got = topk_select(s, k, jnp.asarray(lengths), n_sink=n_sink, n_recent=n_recent,
+                      implementation=impl, interpret=True)
+    _assert_matches(got, _exact(np.asarray(s.astype(jnp.float32)), k, lengths, n_sink,
+                                n_recent), k)
+
+
+def test_reference_and_default_lengths():
+    rng = np.random.default_rng(1)
+    s = jnp.asarray(rng.integers(0, 4, (2, 400)).astype(np.float32))
+    want = _exact(np.asarray(s), 50, np.array([400, 400]), 0, 0)
+    _assert_matches(topk_select(s, 50, implementation="pallas", interpret=True), want, 50)
+    _assert_matches(topk_select_reference(s, 50), want, 50)
+
+
+@pytest.mark.parametrize("kdtype", ["bf16", "int8"])
+def test_score_and_select(kdtype):
+    rng = np.random.default_rng(2)
+    b, s, t, d, k = 2, 2, 600, 16, 40
+    q = jnp.asarray(rng.standard_normal((b, s, d)), jnp.bfloat16)
+    if kdtype == "int8":
+        kimp = jnp.asarray(rng.integers(-127, 128, (b, s, t, d)), jnp.int8)
+        scale = jnp.asarray(rng.uniform(0.5, 1.5, (b, s, t)), jnp.float32)
+    else:
+        kimp, scale = jnp.asarray(rng.standard_normal((b, s, t, d)), jnp.bfloat16), None
+    lengths = jnp.asarray([t, 333], jnp.int32)
+    got = score_and_select(q, kimp, lengths, k, k_scale=scale, n_sink=2, n_recent=8,
+                           implementation="pallas", interpret=True)
+    ref = score_and_select_reference(q, kimp, lengths, k, k_scale=scale, n_sink=2, n_recent=8)
+    for g, r in zip(got, ref):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(r))
+    scores = np.asarray(importance_scores(q, kimp, scale)).reshape(b * s, t)
+    want = _exact(scores, k, np.repeat(np.asarray(lengths), s), 2, 8)
+    _assert_matches(tuple(x.reshape(b * s, k) for x in got), want, k)
+
+
+@pytest.mark.parametrize("group_reduce", ["max", "mean"])
+def test_oracle_select(group_reduce):
+    rng = np.random.default_rng(3)
+    b, h, s, t, d, k = 1, 4, 2, 500, 8, 32
+    q = jnp.asarray(rng.standard_normal((b, h, d)), jnp.float32)
+    kc = jnp.asarray(rng.standard_normal((b, s, t, d)), jnp.bfloat16)
+    lengths = jnp.asarray([450], jnp.int32)
+    got = oracle_select(q, kc, lengths, k, group_reduce=group_reduce, n_recent=4,
+                        implementation="pallas", interpret=True)
+    logits = np.einsum("bsgd,bstd->bsgt", np.asarray(q).reshape(b, s, h // s, d),
+                       np.asarray(kc.astype(jnp.float32))) / np.sqrt(d)
+    red = logits.max(2) if group_reduce == "max" else logits.mean(2)
+    np.testing.assert_allclose(np.asarray(oracle_logits(q, kc, group_reduce)), red, rtol=1e-5,
+                               atol=1e-5)
+    want = _exact(np.asarray(oracle_logits(q, kc, group_reduce)).reshape(b * s, t), k,
+                  np.array([450, 450]), 0, 4)
+    _assert_matches(tuple(x.reshape(b * s, k) for x in got), want, k)
+
+
+def test_errors():
+    s = jnp.zeros((2, 100), jnp.float32)
+    with pytest.raises(ValueError, match="k must be"):
+        topk_select(s, 101)
+    with pytest.raises(ValueError, match="n_sink"):
+        topk_select(s, 10, n_sink=8, n_recent=8)
+    with pytest.raises(ValueError, match=r"\[R, T\]"):
+        topk_select(jnp.zeros((100,)), 10)
+    with pytest.raises(ValueError, match="lengths"):
+        topk_select(s, 10, jnp.zeros((3,), jnp.int32))
+    with pytest.raises(ValueError, match="implementation"):
+        topk_select(s, 10, implementation="cuda")
+    with pytest.raises(ValueError, match="group_reduce"):
+        oracle_logits(jnp.zeros((1, 4, 8)), jnp.zeros((1, 2, 10, 8)), "sum")
