@@ -90,6 +90,12 @@ def test_oracle_keeps_exact_topk_per_head(n_sink, n_window) -> None:
     idx, valid = decode_select(jnp.asarray(scores[:, :, -1]), jnp.array([t - 1, t - 1]), budget, t, n_sink, n_window)
     mask = np.asarray(indices_to_mask(idx, valid, t))
     assert (mask == keep[:, :, -1]).all()
+    # a fixed token budget (the selection-kernel path) keeps the same set as the simulation
+    fixed = Budget(tokens=13)
+    keep = np.asarray(simulated_keep(jnp.asarray(scores), jnp.asarray(q_pos), fixed, n_sink, n_window))
+    for row in (5, t - 1):
+        idx, valid = decode_select(jnp.asarray(scores[:, :, row]), jnp.array([row, row]), fixed, 13, n_sink, n_window)
+        assert (np.asarray(indices_to_mask(idx, valid, t)) == keep[:, :, row]).all()
 
 
 @pytest.mark.parametrize("method", SCORED)

@@ -85,7 +85,7 @@ class ScoredPolicy:
         """(indices, valid [B, Hsel, K], state) for the step's query."""
         scores, state = self.decode_scores(layer, x, cache, state)
         s = self.settings
-        indices, valid = decode_select(scores, cache.lengths, s.budget, self.k_max(cache.capacity), s.n_sink, s.n_window)
+        indices, valid = decode_select(scores, cache.lengths, s.budget, self.k_max(cache.capacity), s.n_sink, s.n_window, s.implementation)
         return indices, valid, state
 
     def attend(self, layer: int, x: LayerInputs, cache: KVCache, state: Any) -> tuple[jnp.ndarray, Any]:

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from butler_jax.sparsity.budget import Budget
+from kernels.topk_select import topk_select
 
 
 def group_reduce(scores: jnp.ndarray, num_kv_heads: int, granularity: str) -> jnp.ndarray:
@@ -34,8 +35,18 @@ def forced_keys(key_pos: jnp.ndarray, query_pos: jnp.ndarray, n_sink: int, n_win
 
 
 def decode_select(scores: jnp.ndarray, query_pos: jnp.ndarray, budget: Budget, k_max: int,
-                  n_sink: int, n_window: int) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Indices [B, Hs, k_max] and validity for the current token at query_pos [B] from scores [B, Hs, T]."""
+                  n_sink: int, n_window: int, implementation: str = "auto") -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Indices [B, Hs, k_max] and validity for the current token at query_pos [B] from scores [B, Hs, T].
+
+    A fixed token budget goes to the radix-select kernel (`kernels.topk_select`: Pallas on GPU,
+    its lax.top_k reference elsewhere; indices ascending); a fractional budget, whose K grows
+    with the length, uses lax.top_k here."""
+    if budget.tokens is not None and n_sink + n_window <= k_max:
+        b, hs, t = scores.shape
+        lengths = jnp.repeat(query_pos + 1, hs)
+        indices, valid = topk_select(scores.reshape(b * hs, t), k_max, lengths, n_sink=n_sink, n_recent=n_window,
+                                     implementation=implementation)
+        return indices.reshape(b, hs, k_max), valid.reshape(b, hs, k_max)
     key_pos = jnp.arange(scores.shape[-1])
     forced = forced_keys(key_pos, query_pos, n_sink, n_window)[:, None, :]
     visible = key_pos[None, None, :] <= query_pos[:, None, None]

@@ -67,13 +67,13 @@ class _TokenButlerBase(ScoredPolicy):
         s, k_max = self.settings, self.k_max(cache.capacity)
         scores, state = self.decode_scores(layer, x, cache, state) if self.predict_interval == 1 else (None, state)
         if self.predict_interval == 1:
-            indices, valid = decode_select(scores, cache.lengths, s.budget, k_max, s.n_sink, s.n_window)
+            indices, valid = decode_select(scores, cache.lengths, s.budget, k_max, s.n_sink, s.n_window, s.implementation)
             return indices, valid, state
         extra = jnp.broadcast_to(jnp.arange(1, self.predict_interval + 1, dtype=jnp.int32), (*cache.lengths.shape, self.predict_interval))
 
         def predict(_):
             scores, _ = self.decode_scores(layer, x, cache, state)
-            idx, ok = decode_select(scores, cache.lengths, s.budget, k_max, s.n_sink, s.n_window)
+            idx, ok = decode_select(scores, cache.lengths, s.budget, k_max, s.n_sink, s.n_window, s.implementation)
             return idx, ok
 
         def reuse(_):
