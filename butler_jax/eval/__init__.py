@@ -1,0 +1,1 @@
+"""Evaluation: perplexity, RULER, the synthetic co-reference task, data loading and scoring."""
