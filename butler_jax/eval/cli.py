@@ -54,6 +54,27 @@ def build_tasks(eval_cfg: EvalConfig, sparsity: SparsityConfig, model, params, t
         name = f"ppl:{Path(eval_cfg.ppl_source).stem if eval_cfg.ppl_source not in NAMED_TEXTS else eval_cfg.ppl_source}"
         evaluate = lambda policy, s: evaluate_window(model, params, policy, s, sparsity.dense_layers)  # noqa: E731
         tasks.append((name, samples, evaluate, eval_cfg.budgets))
+    if "coref" in eval_cfg.tasks:
+        from butler_jax.eval.coref import generate_coref
+        from butler_jax.eval.tasks_generation import TaskSample, evaluate_coref
+
+        coref = generate_coref(tokenizer, eval_cfg.coref_samples, seed=eval_cfg.seed, target_tokens=eval_cfg.coref_length or None, progress=False)
+        samples = [TaskSample(f"coref{i}", c) for i, c in enumerate(coref)]
+        tasks.append(("coref", samples, lambda policy, s: evaluate_coref(model, params, policy, s), eval_cfg.budgets))
+    if "ruler" in eval_cfg.tasks:
+        from butler_jax.eval.ruler import generate_ruler
+        from butler_jax.eval.tasks_generation import TaskSample, evaluate_ruler
+        from butler_jax.weights.tokenizer import apply_chat_template
+
+        template = lambda text: apply_chat_template(tokenizer, text)  # noqa: E731
+        generated = generate_ruler(tokenizer, eval_cfg.ruler_length, eval_cfg.ruler_samples, eval_cfg.ruler_tasks,
+                                   skip_unavailable=True, seed=eval_cfg.seed, chat_template=template,
+                                   essay_path=eval_cfg.ruler_haystack_dir or None, progress=False)
+        stops = [model.cfg.eos_token_id] if model.cfg.eos_token_id is not None else []
+        for task, items in generated.items():
+            samples = [TaskSample(f"{task}-{s.index}", s) for s in items]
+            evaluate = lambda policy, s: evaluate_ruler(model, params, tokenizer, stops, policy, s)  # noqa: E731
+            tasks.append((f"ruler:{task}@{eval_cfg.ruler_length}", samples, evaluate, eval_cfg.ruler_budgets or eval_cfg.budgets))
     return tasks
 
 

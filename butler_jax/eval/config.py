@@ -27,4 +27,4 @@ class EvalConfig:
     ruler_haystack_dir: str = ""
     ruler_budgets: list[str] = field(default_factory=list)  # default: the same as budgets
     coref_samples: int = 4
-    coref_length: int = 400
+    coref_length: int = 0  # 0: natural length (about 250-400 tokens); else padded with filler
