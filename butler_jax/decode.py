@@ -147,15 +147,21 @@ def generate(
     stop_tokens: Sequence[int] = (),
     capacity: int | None = None,
     seed: int = 0,
+    prompt_width: int | None = None,
 ) -> GenerationResult:
     """Generate up to `max_new_tokens` per prompt (token lists of any lengths) in one jitted loop.
 
     The cache holds `capacity` tokens per row (default: longest padded prompt + max_new_tokens);
     a prompt that does not fit raises CacheCapacityError. A row's stop token is kept in its output.
+    `prompt_width` pads every prompt block to that many tokens (one compiled shape for calls with
+    prompts of different lengths); default: the longest prompt rounded up to PAD_MULTIPLE.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
-    tokens, lengths = pad_prompts(prompts)
+    longest = max((len(p) for p in prompts), default=0)
+    if prompt_width is not None and prompt_width < longest:
+        raise ValueError(f"prompt_width={prompt_width} is shorter than the longest prompt ({longest} tokens)")
+    tokens, lengths = pad_prompts(prompts, multiple=prompt_width or PAD_MULTIPLE)
     capacity = capacity or tokens.shape[1] + max_new_tokens
     check_capacity(capacity, int(lengths.max()), max_new_tokens)
     capacity = max(capacity, tokens.shape[1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -52,15 +53,16 @@ def build_tasks(eval_cfg: EvalConfig, sparsity: SparsityConfig, model, params, t
         ids = np.asarray(tokenizer.encode(read_text_source(eval_cfg.ppl_source)[: 40 * eval_cfg.ppl_context * eval_cfg.ppl_windows]))
         samples = perplexity_samples(ids, eval_cfg.ppl_context, eval_cfg.ppl_windows)
         name = f"ppl:{Path(eval_cfg.ppl_source).stem if eval_cfg.ppl_source not in NAMED_TEXTS else eval_cfg.ppl_source}"
-        evaluate = lambda policy, s: evaluate_window(model, params, policy, s, sparsity.dense_layers)  # noqa: E731
-        tasks.append((name, samples, evaluate, eval_cfg.budgets))
+        evaluate = lambda policy, items: [evaluate_window(model, params, policy, s, sparsity.dense_layers) for s in items]  # noqa: E731
+        tasks.append((name, samples, evaluate, eval_cfg.budgets, 1))
     if "coref" in eval_cfg.tasks:
         from butler_jax.eval.coref import generate_coref
         from butler_jax.eval.tasks_generation import TaskSample, evaluate_coref
 
         coref = generate_coref(tokenizer, eval_cfg.coref_samples, seed=eval_cfg.seed, target_tokens=eval_cfg.coref_length or None, progress=False)
         samples = [TaskSample(f"coref{i}", c) for i, c in enumerate(coref)]
-        tasks.append(("coref", samples, lambda policy, s: evaluate_coref(model, params, policy, s), eval_cfg.budgets))
+        evaluate = lambda policy, items: [evaluate_coref(model, params, policy, s) for s in items]  # noqa: E731
+        tasks.append(("coref", samples, evaluate, eval_cfg.budgets, 1))
     if "ruler" in eval_cfg.tasks:
         from butler_jax.eval.ruler import generate_ruler
         from butler_jax.eval.tasks_generation import TaskSample, evaluate_ruler
@@ -71,10 +73,17 @@ def build_tasks(eval_cfg: EvalConfig, sparsity: SparsityConfig, model, params, t
                                    skip_unavailable=True, seed=eval_cfg.seed, chat_template=template,
                                    essay_path=eval_cfg.ruler_haystack_dir or None, progress=False)
         stops = [model.cfg.eos_token_id] if model.cfg.eos_token_id is not None else []
+        every = [s for items in generated.values() for s in items]
+        batch = max(1, min(eval_cfg.ruler_batch, len(every)))
+        # one compiled shape for every task: the longest prompt and the largest output cap
+        width = max(s.token_length for s in every)
+        max_new = max(s.max_new_tokens for s in every)
+        evaluate = functools.partial(evaluate_ruler, model, params, tokenizer, stops, batch=batch,
+                                     prompt_width=-(-width // 64) * 64, max_new_tokens=max_new)
         for task, items in generated.items():
             samples = [TaskSample(f"{task}-{s.index}", s) for s in items]
-            evaluate = lambda policy, s: evaluate_ruler(model, params, tokenizer, stops, policy, s)  # noqa: E731
-            tasks.append((f"ruler:{task}@{eval_cfg.ruler_length}", samples, evaluate, eval_cfg.ruler_budgets or eval_cfg.budgets))
+            tasks.append((f"ruler:{task}@{eval_cfg.ruler_length}", samples, evaluate,
+                          eval_cfg.ruler_budgets or eval_cfg.budgets, batch))
     return tasks
 
 

@@ -14,8 +14,9 @@ from butler_jax.eval.report import markdown_table, plot, summarize, write_csv
 from butler_jax.eval.results import ResultStore
 from butler_jax.sparsity import SparsityConfig, make_policy
 
-# a task: (name, samples, evaluate(policy, sample) -> record fields, budgets it runs at)
-Task = tuple[str, list, Callable[[Any, Any], dict], list[str]]
+# a task: (name, samples, evaluate(policy, samples) -> one record's fields per sample, budgets it
+# runs at, samples per evaluate call)
+Task = tuple[str, list, Callable[[Any, list], list[dict]], list[str], int]
 
 
 def method_budgets(methods: list[str], budgets: list[str]) -> list[tuple[str, str]]:
@@ -30,19 +31,26 @@ def run_tasks(tasks: list[Task], eval_cfg: EvalConfig, sparsity: SparsityConfig,
     """Evaluate every task for every (method, budget), skipping stored samples; returns summary rows."""
     out = Path(eval_cfg.output_dir)
     store = ResultStore(out / "samples.jsonl")
-    for task_name, samples, evaluate, budgets in tasks:
+    policies: dict[tuple[str, str], Any] = {}  # one object per (method, budget): compiled code is reused across tasks
+    for task_name, samples, evaluate, budgets, batch in tasks:
         for method, budget in method_budgets(eval_cfg.methods, budgets):
             todo = [s for s in samples if not store.has(method=method, budget=budget, task=task_name, sample=s.sample)]
             if not todo:
                 continue
             section = dataclasses.replace(sparsity, method=method, budget=budget if budget != "full" else sparsity.budget)
-            policy = make_policy(section, model_cfg, predictor)
-            for sample in tqdm(todo, desc=f"{task_name} {method} {budget}", leave=False):
-                start = time.perf_counter()
-                record = evaluate(policy, sample)
-                record.update(method=method, budget=budget, task=task_name, sample=sample.sample,
-                              seconds=round(time.perf_counter() - start, 3))
-                store.add(record)
+            if (method, budget) not in policies:
+                policies[method, budget] = make_policy(section, model_cfg, predictor)
+            policy = policies[method, budget]
+            with tqdm(total=len(todo), desc=f"{task_name} {method} {budget}", leave=False) as bar:
+                for first in range(0, len(todo), batch):
+                    chunk = todo[first:first + batch]
+                    start = time.perf_counter()
+                    records = evaluate(policy, chunk)
+                    seconds = round((time.perf_counter() - start) / len(chunk), 3)
+                    for sample, record in zip(chunk, records):
+                        record.update(method=method, budget=budget, task=task_name, sample=sample.sample, seconds=seconds)
+                        store.add(record)
+                    bar.update(len(chunk))
     rows = summarize(store.records())
     write_csv(rows, out / "summary.csv")
     (out / "summary.md").write_text(markdown_table(rows))

@@ -41,10 +41,21 @@ def evaluate_coref(model, params, policy, item: TaskSample) -> dict:
     return {"metric": "coref_exact", "score": 1.0 - miss, "location_inaccuracy": inaccuracy}
 
 
-def evaluate_ruler(model, params, tokenizer, stop_tokens, policy, item: TaskSample) -> dict:
-    s = item.payload
-    ids = tokenizer.encode(s.input, add_special_tokens=False)
-    out = generate(model, params, [ids], s.max_new_tokens, policy=policy, stop_tokens=stop_tokens).rows()[0]
-    prediction = tokenizer.decode(out, skip_special_tokens=True)
-    return {"metric": "ruler", "score": score_prediction(s.task, prediction, s.answers), "prediction": prediction,
-            "answers": s.answers, "input_tokens": len(ids)}
+def evaluate_ruler(model, params, tokenizer, stop_tokens, policy, items: list[TaskSample], *,
+                   batch: int, prompt_width: int, max_new_tokens: int) -> list[dict]:
+    """Greedy generation for up to `batch` RULER samples at once, one compiled shape for all tasks.
+
+    Every call pads to `batch` rows (repeating the last prompt) and `prompt_width` tokens and
+    generates up to `max_new_tokens`; each row's output is then cut to its task's own cap.
+    """
+    ids = [tokenizer.encode(item.payload.input, add_special_tokens=False) for item in items]
+    rows = ids + [ids[-1]] * (batch - len(ids))
+    out = generate(model, params, rows, max_new_tokens, policy=policy, stop_tokens=stop_tokens,
+                   prompt_width=prompt_width).rows()
+    records = []
+    for item, prompt, tokens in zip(items, ids, out):
+        s = item.payload
+        prediction = tokenizer.decode(tokens[: s.max_new_tokens], skip_special_tokens=True)
+        records.append({"metric": "ruler", "score": score_prediction(s.task, prediction, s.answers),
+                        "prediction": prediction, "answers": s.answers, "input_tokens": len(prompt)})
+    return records
