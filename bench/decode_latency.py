@@ -2,33 +2,193 @@
 
 Llama-3.1-8B shapes with random weights (speed does not depend on values); the KV cache is filled
 with random keys/values up to the context length (no prefill), then `decode_loop` generates
-`--steps` tokens greedily in one `lax.while_loop`. Beside each figure: the bandwidth floor (bytes
-that must be read per token / measured device copy bandwidth).
+`--steps` tokens greedily in one `lax.while_loop` (one jitted call; the cache is donated). The
+first call compiles and warms up; the next `--repeats` calls are timed and the best is divided by
+steps - 1 (the tokens the loop generates).
 
-    python bench/decode_latency.py --contexts 32768,65536,131072 --batch 1 --methods dense,oracle,tokenbutler
+Beside each figure: the bandwidth floor = bytes that must be read per token / measured device copy
+bandwidth. Bytes: the weights read per token (all parameters but an untied input-embedding table;
++ the predictor's for TokenButler), the K/V rows attention reads (all in-length rows on dense
+layers; the selected rows on sparse layers: the budget, ~2x its scored part with neighbour fetch),
+the Oracle's scoring read of every cached key, and TokenButler's importance keys ([B, Hkv, T, d']
+per sparse layer, once per prediction, i.e. / predict_interval).
+
+Methods: `dense`, `oracle`, `tokenbutler_i<N>` (long-context producer predictor, predict_interval
+N) and `tokenbutler_i<N>_nf` (the same with neighbour fetch). Combinations whose device memory
+estimate does not fit are skipped with the reason printed. Before timing a (batch, context) group,
+all its methods are compiled in parallel threads (nothing runs on the device meanwhile).
+
+    python bench/decode_latency.py                     # the full matrix (defaults), H100 80 GB
+    python bench/decode_latency.py --dry-run           # print the plan: estimates, floors, skips
+    python bench/decode_latency.py --smoke             # CPU toy shapes (configs/tiny.yaml)
+
+Writes decode_latency.json, decode_latency.md and decode_latency.png to --out.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import datetime
-import json
 import os
-import subprocess
-import time
+import sys
+from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+# Run as `python bench/decode_latency.py`, sys.path[0] is bench/, whose select.py would shadow the
+# standard library's `select` (imported by subprocess): put the repository root there instead.
+if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+elif str(Path(__file__).resolve().parents[1]) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from butler_jax.cache import KVCache
-from butler_jax.config import ModelConfig, PredictorConfig, load_yaml, section
-from butler_jax.decode import decode_loop
-from butler_jax.models.llama import LlamaForCausalLM, init_params
-from butler_jax.models.predictor_longctx import LongctxPredictor
-from butler_jax.sampling import SamplingConfig
-from butler_jax.sparsity import SparsityConfig, make_policy
+# The 8B weights + a 64K x B=4 cache need more than the default 75 % preallocation (set before jax).
+os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.94")
+
+import argparse  # noqa: E402
+import concurrent.futures  # noqa: E402
+import dataclasses  # noqa: E402
+import datetime  # noqa: E402
+import gc  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from butler_jax.cache import KVCache  # noqa: E402
+from butler_jax.config import ModelConfig, PredictorConfig, load_yaml, section  # noqa: E402
+from butler_jax.decode import decode_loop  # noqa: E402
+from butler_jax.models.llama import LlamaForCausalLM, init_params  # noqa: E402
+from butler_jax.models.predictor_longctx import LongctxPredictor  # noqa: E402
+from butler_jax.sampling import SamplingConfig  # noqa: E402
+from butler_jax.sparsity import SparsityConfig, make_policy  # noqa: E402
+
+GiB = 1 << 30
+START = time.perf_counter()
+DEFAULT_METHODS = "dense,oracle,tokenbutler_i1,tokenbutler_i2_nf,tokenbutler_i4_nf,tokenbutler_i8_nf,tokenbutler_i16_nf"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.perf_counter() - START:7.1f}s] {msg}", flush=True)
+
+
+# --- methods -----------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A method label: dense | oracle | tokenbutler_i<N>[_nf]."""
+
+    label: str
+    kind: str
+    interval: int = 1
+    neighbor_fetch: bool = False
+
+    @classmethod
+    def parse(cls, label: str) -> "Method":
+        label = label.strip()
+        m = re.fullmatch(r"(dense|oracle|tokenbutler)(?:_i(\d+))?(_nf)?", label)
+        if not m or (m.group(1) != "tokenbutler" and (m.group(2) or m.group(3))):
+            raise SystemExit(f"unknown method {label!r}; use dense, oracle, tokenbutler_i<N> or tokenbutler_i<N>_nf")
+        return cls(label, m.group(1), int(m.group(2) or 1), bool(m.group(3)))
+
+    @property
+    def sparse(self) -> bool:
+        return self.kind != "dense"
+
+    def sparsity(self, s: "Settings", predict_interval: int | None = None) -> SparsityConfig:
+        return SparsityConfig(method=self.kind, budget=str(s.budget), n_sink=s.n_sink, n_window=s.n_window,
+                              granularity="kv", dense_layers=s.dense_layers,
+                              predict_interval=predict_interval or self.interval, neighbor_fetch=self.neighbor_fetch)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Model/predictor shapes and selection settings shared by the latency and breakdown benches."""
+
+    cfg: ModelConfig
+    pcfg: PredictorConfig
+    budget: int
+    n_sink: int
+    n_window: int
+    dense_layers: int = 1
+
+    @property
+    def itemsize(self) -> int:
+        return 2 if self.cfg.dtype == "bfloat16" else 4
+
+    def selected_tokens(self, m: Method, context: int) -> float:
+        """K/V rows a sparse layer attends to per step: the budget (neighbour fetch: the forced
+        tokens + ~2x the scored ones), capped by the visible tokens; reuse steps add on average
+        (N - 1) / 2 tokens generated since the prediction."""
+        visible = context + 1
+        forced = self.n_sink + self.n_window
+        n = min(visible, self.budget)
+        if m.neighbor_fetch:
+            n = min(visible, forced + 2 * max(0, self.budget - forced))
+        return n + (m.interval - 1) / 2
+
+    def read_bytes(self, m: Method, batch: int, context: int, weights: int, predictor_weights: int) -> dict:
+        """Bytes a decode step must read from device memory (the floor's numerator), by kind."""
+        c = self.cfg
+        row = c.num_key_value_heads * c.resolved_head_dim * self.itemsize  # one token's K (or V), one layer, one row
+        layers = c.num_hidden_layers
+        dense = layers if m.kind == "dense" else min(self.dense_layers, layers)
+        sparse = layers - dense
+        kv = batch * dense * (context + 1) * 2 * row
+        kv += batch * sparse * self.selected_tokens(m, context) * 2 * row if m.sparse else 0
+        scoring = 0.0
+        w = weights
+        if m.kind == "oracle":  # the true logits read every cached key
+            scoring = batch * sparse * (context + 1) * row
+        if m.kind == "tokenbutler":  # importance keys of every token, once per prediction
+            scoring = batch * sparse * c.num_key_value_heads * (context + 1) * self.pcfg.dDash * self.itemsize / m.interval
+            w += predictor_weights
+        return dict(weights=float(w), kv=float(kv), scoring=float(scoring), total=float(w + kv + scoring))
+
+    def memory_bytes(self, m: Method, batch: int, capacity: int, params_total: int, predictor_total: int) -> int:
+        """Device-memory estimate of one run: resident weights, the KV cache, the policy state and
+        the largest step temporaries (+ a 1.5 GiB margin for XLA/Triton workspace)."""
+        c = self.cfg
+        hkv, hq, hd, layers = c.num_key_value_heads, c.num_attention_heads, c.resolved_head_dim, c.num_hidden_layers
+        need = params_total + predictor_total + 2 * layers * batch * hkv * capacity * hd * self.itemsize
+        if m.sparse:  # f32 logits of every query head, group maxima, radix keys; index lists
+            need += 3 * batch * hq * capacity * 4
+        if m.kind == "tokenbutler":
+            need += layers * batch * hkv * capacity * self.pcfg.dDash * self.itemsize
+            k_sel = min(capacity, 2 * self.budget if m.neighbor_fetch else self.budget)
+            need += layers * batch * hkv * (k_sel + m.interval) * 5
+        need += 2 * batch * c.vocab_size * 4 + int(1.5 * GiB)
+        return int(need)
+
+
+def load_settings(args) -> tuple[Settings, LlamaForCausalLM, LongctxPredictor]:
+    cfg = dataclasses.replace(section(load_yaml(args.config), "model", ModelConfig), source="random", dtype="bfloat16")
+    pcfg = PredictorConfig(kind="longctx", dDash=args.d_dash, intdim=args.intdim, producer_frequency=4)
+    s = Settings(cfg, pcfg, args.budget, args.n_sink, args.n_window)
+    return s, LlamaForCausalLM(cfg), LongctxPredictor(pcfg, cfg)
+
+
+def init_predictor(s: Settings, predictor: LongctxPredictor, abstract: bool = False):
+    """Random long-context predictor parameters in the model dtype (or their shapes)."""
+    cfg = s.cfg
+
+    def make():
+        p = predictor.init(jax.random.PRNGKey(1), jnp.ones((1, 1, cfg.hidden_size)),
+                           jnp.ones((1, 1, cfg.num_key_value_heads, cfg.resolved_head_dim)))["params"]
+        return jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32), p)
+
+    return jax.eval_shape(make) if abstract else jax.jit(make)()
+
+
+def tree_bytes(tree) -> int:
+    return sum(int(np.prod(p.shape)) * jnp.dtype(p.dtype).itemsize for p in jax.tree_util.tree_leaves(tree))
+
+
+def weights_read_bytes(cfg: ModelConfig, params) -> int:
+    """Parameter bytes a decode step reads: all but an untied input-embedding table (one row each)."""
+    total = tree_bytes(params)
+    if not cfg.tie_word_embeddings:
+        total -= tree_bytes(params["embed_tokens"])
+    return total
 
 
 def copy_bandwidth(nbytes: int = 2 << 30, reps: int = 20) -> float:
@@ -40,95 +200,290 @@ def copy_bandwidth(nbytes: int = 2 << 30, reps: int = 20) -> float:
         return jax.lax.fori_loop(0, reps, lambda i, y: y * 1.0000001 + 1e-9, x)
 
     loop(x).block_until_ready()
-    start = time.perf_counter()
-    loop(x).block_until_ready()
-    return 2 * nbytes * reps / (time.perf_counter() - start)
+    best = float("inf")
+    for _ in range(2):
+        start = time.perf_counter()
+        loop(x).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    del x
+    return 2 * nbytes * reps / best
 
 
-def param_bytes(params) -> int:
-    return sum(int(np.prod(p.shape)) * p.dtype.itemsize for p in jax.tree_util.tree_leaves(params))
+def device_memory_limit() -> int | None:
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get("bytes_limit")
 
 
+def run_meta(args, bandwidth: float) -> dict:
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parent).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                           cwd=Path(__file__).resolve().parent).stdout.strip()
+    return dict(device=jax.devices()[0].device_kind, jax=jax.__version__,
+                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                commit=(commit or os.environ.get("COMMIT", "")) + (" + uncommitted changes" if dirty else ""),
+                command="python " + " ".join(sys.argv), bandwidth_TBps=bandwidth / 1e12)
+
+
+# --- the timed loop ----------------------------------------------------------------------------
 def random_cache(cfg: ModelConfig, batch: int, capacity: int, length: int, key) -> KVCache:
     shape = (batch, cfg.num_key_value_heads, capacity, cfg.resolved_head_dim)
-    make = jax.jit(lambda k: jax.random.normal(k, shape, jnp.bfloat16))
+    dt = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
+    make = jax.jit(lambda k: jax.random.normal(k, shape, dt))
     keys = jax.random.split(key, 2 * cfg.num_hidden_layers)
     layers = range(cfg.num_hidden_layers)
     return KVCache(tuple(make(keys[2 * i]) for i in layers), tuple(make(keys[2 * i + 1]) for i in layers),
                    jnp.full((batch,), length, jnp.int32))
 
 
-def time_decode(model, params, cache, policy, state, steps: int) -> tuple[float, KVCache]:
-    """Seconds per generated token (the first call compiles; the second is timed). The cache is
-    donated and returned, so no copy of it is ever held."""
+def cache_spec(cfg: ModelConfig, batch: int, capacity: int) -> KVCache:
+    dt = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
+    layer = jax.ShapeDtypeStruct((batch, cfg.num_key_value_heads, capacity, cfg.resolved_head_dim), dt)
+    n = cfg.num_hidden_layers
+    return KVCache((layer,) * n, (layer,) * n, jax.ShapeDtypeStruct((batch,), jnp.int32))
 
-    def run(p, c, s, t):
-        out, _, cache = decode_loop(model, p, t, c, s, jax.random.PRNGKey(0), policy=policy, max_new_tokens=steps,
-                                    sampling=SamplingConfig(), stop_tokens=(), return_cache=True)
-        return out, cache._replace(lengths=c.lengths)
 
-    run = jax.jit(run, donate_argnums=(1,))
+def lower_decode(model, predictor, s: Settings, m: Method, params, pparams, batch: int, capacity: int, steps: int):
+    """Lower the whole generation (policy built and its state initialised inside the jit; the
+    cache donated and returned with its lengths reset, so calls can repeat)."""
+    sparsity = m.sparsity(s)
+
+    def run(p, pp, cache, first):
+        policy = make_policy(sparsity, s.cfg, (predictor, pp))
+        state = policy.init_state(s.cfg, batch, capacity)
+        out, _, new = decode_loop(model, p, first, cache, state, jax.random.PRNGKey(0), policy=policy,
+                                  max_new_tokens=steps, sampling=SamplingConfig(), stop_tokens=(), return_cache=True)
+        return out, new._replace(lengths=cache.lengths)
+
+    first = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    return jax.jit(run, donate_argnums=(2,)).lower(params, pparams, cache_spec(s.cfg, batch, capacity), first)
+
+
+def time_compiled(compiled, params, pparams, cache: KVCache, steps: int, repeats: int) -> tuple[list[float], KVCache]:
+    """Seconds per generated token of each timed call (after one warm-up call) and the cache back."""
     first = jnp.zeros((cache.lengths.shape[0],), jnp.int32)
-    _, cache = jax.block_until_ready(run(params, cache, state, first))
-    start = time.perf_counter()
-    _, cache = jax.block_until_ready(run(params, cache, state, first))
-    return (time.perf_counter() - start) / (steps - 1), cache
+    _, cache = jax.block_until_ready(compiled(params, pparams, cache, first))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _, cache = jax.block_until_ready(compiled(params, pparams, cache, first))
+        times.append((time.perf_counter() - start) / (steps - 1))
+    return times, cache
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def cache_alive(cache: KVCache | None) -> bool:
+    return cache is not None and not any(a.is_deleted() for a in (*cache.k, *cache.v))
+
+
+# --- main --------------------------------------------------------------------------------------
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/llama-3.1-8b.yaml")
     parser.add_argument("--contexts", default="32768,65536,131072")
-    parser.add_argument("--batch", default="1")
+    parser.add_argument("--batch", default="1,4", help="comma-separated batch sizes")
     parser.add_argument("--budget", type=int, default=8192)
-    parser.add_argument("--methods", default="dense,oracle,tokenbutler_i1,tokenbutler_i4",
-                        help="dense, oracle, tokenbutler_i<N> (long-context predictor, predict_interval N)")
-    parser.add_argument("--steps", type=int, default=33)
+    parser.add_argument("--n-sink", type=int, default=128)
+    parser.add_argument("--n-window", type=int, default=512)
+    parser.add_argument("--d-dash", type=int, default=16)
+    parser.add_argument("--intdim", type=int, default=512)
+    parser.add_argument("--methods", default=DEFAULT_METHODS,
+                        help="dense, oracle, tokenbutler_i<N> (long-context predictor, predict_interval N), tokenbutler_i<N>_nf (+ neighbour fetch)")
+    parser.add_argument("--steps", type=int, default=17, help="tokens per generation (steps - 1 are timed)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed calls after the warm-up; the best counts")
+    parser.add_argument("--compile-workers", type=int, default=8, help="threads compiling a group's methods in parallel")
+    parser.add_argument("--mem-limit-gib", type=float, default=None, help="device memory to plan with (default: the allocator's limit)")
+    parser.add_argument("--bandwidth-tbps", type=float, default=None, help="skip the copy-bandwidth measurement and use this")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan (memory estimates, floors, skips) and exit")
+    parser.add_argument("--smoke", action="store_true", help="CPU toy run: tiny config, contexts 256/512, budget 64, 3 steps")
     parser.add_argument("--out", default=os.environ.get("OUT", "bench/results"))
-    args = parser.parse_args()
+    if parser.parse_known_args(argv)[0].smoke:  # toy defaults; options given explicitly still win
+        parser.set_defaults(config="configs/tiny.yaml", contexts="256,512", batch="1,2", budget=64, n_sink=4, n_window=16,
+                            d_dash=8, intdim=32, steps=3, bandwidth_tbps=0.01, compile_workers=2)
+    return parser.parse_args(argv)
 
-    cfg = dataclasses.replace(section(load_yaml(args.config), "model", ModelConfig), source="random", dtype="bfloat16")
-    model = LlamaForCausalLM(cfg)
-    params = jax.jit(lambda: init_params(cfg))()
-    weights = param_bytes(params)
-    bandwidth = copy_bandwidth()
-    print(f"device {jax.devices()[0].device_kind}; copy bandwidth {bandwidth / 1e12:.2f} TB/s; weights {weights / 1e9:.2f} GB")
-    pcfg = PredictorConfig(kind="longctx", dDash=16, intdim=512, producer_frequency=4)
-    predictor = LongctxPredictor(pcfg, cfg)
-    pparams = jax.jit(lambda: predictor.init(jax.random.PRNGKey(1), jnp.ones((1, 1, cfg.hidden_size)),
-                                              jnp.ones((1, 1, cfg.num_key_value_heads, cfg.resolved_head_dim)))["params"])()
-    pparams = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), pparams)
-    rows = []
-    kv_row = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.resolved_head_dim * 2  # K+V bytes per token
-    for batch in map(int, args.batch.split(",")):
-        for context in map(int, args.contexts.split(",")):
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    s, model, predictor = load_settings(args)
+    cfg = s.cfg
+    methods = [Method.parse(x) for x in args.methods.split(",") if x.strip()]
+    batches = [int(x) for x in args.batch.split(",")]
+    contexts = [int(x) for x in args.contexts.split(",")]
+    params_shape = jax.eval_shape(lambda: init_params(cfg))
+    pparams_shape = init_predictor(s, predictor, abstract=True)
+    params_total, predictor_total = tree_bytes(params_shape), tree_bytes(pparams_shape)
+    weights = weights_read_bytes(cfg, params_shape)
+    limit = int(args.mem_limit_gib * GiB) if args.mem_limit_gib else (None if args.dry_run else device_memory_limit())
+    if args.dry_run and limit is None:
+        limit = int(0.94 * 79.6 * GiB)  # an H100 80 GB at the fraction set above
+    log(f"device {jax.devices()[0].device_kind}; weights {params_total / 1e9:.2f} GB resident, {weights / 1e9:.2f} GB read "
+        f"per token; predictor {predictor_total / 1e6:.1f} MB; memory limit "
+        f"{'none known' if limit is None else f'{limit / GiB:.1f} GiB'}")
+
+    if args.bandwidth_tbps:
+        bandwidth = args.bandwidth_tbps * 1e12
+    elif args.dry_run:
+        bandwidth = 2.8e12
+    else:
+        bandwidth = copy_bandwidth()
+    log(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s{' (given)' if args.bandwidth_tbps or args.dry_run else ''}")
+
+    rows: list[dict] = []
+    plan = []
+    for batch in batches:
+        for context in contexts:
             capacity = context + args.steps + 1
-            cache = random_cache(cfg, batch, capacity, context, jax.random.PRNGKey(context))
-            for label in args.methods.split(","):
-                method, _, interval = label.partition("_i")
-                sparsity = SparsityConfig(method=method, budget=str(args.budget), n_sink=128, n_window=512,
-                                          granularity="kv", dense_layers=1, predict_interval=int(interval or 1))
-                policy = make_policy(sparsity, cfg, (predictor, pparams))
-                state = policy.init_state(cfg, batch, capacity)
-                seconds, cache = time_decode(model, params, cache, policy, state, args.steps)
-                read_tokens = context if method == "dense" else min(context, args.budget)
-                dense_layer_bytes = batch * kv_row // cfg.num_hidden_layers * context
-                sparse_layers = 0 if method == "dense" else cfg.num_hidden_layers - 1
-                kv_bytes = dense_layer_bytes * (cfg.num_hidden_layers - sparse_layers) + batch * kv_row // cfg.num_hidden_layers * read_tokens * sparse_layers
-                floor = (weights + kv_bytes) / bandwidth
-                if method == "tokenbutler":  # importance keys: d' values per KV head, layer and token
-                    kv_bytes += batch * cfg.num_hidden_layers * cfg.num_key_value_heads * context * pcfg.dDash * 2
-                row = dict(method=label, batch=batch, context=context, budget=args.budget, ms_per_token=1e3 * seconds,
-                           floor_ms=1e3 * floor, ratio_to_floor=seconds / floor)
+            group = []
+            for m in methods:
+                need = s.memory_bytes(m, batch, capacity, params_total, predictor_total)
+                floor = s.read_bytes(m, batch, context, weights, predictor_total)
+                row = dict(method=m.label, batch=batch, context=context, budget=args.budget, steps=args.steps,
+                           predict_interval=m.interval if m.kind == "tokenbutler" else None,
+                           neighbor_fetch=m.neighbor_fetch, memory_estimate_GiB=need / GiB,
+                           read_bytes=floor, floor_ms=1e3 * floor["total"] / bandwidth)
+                if limit is not None and need > limit:
+                    row.update(status="skipped", reason=f"needs ~{need / GiB:.1f} GiB > {limit / GiB:.1f} GiB device memory")
+                    log(f"SKIP {m.label} B={batch} ctx={context}: {row['reason']}")
+                    rows.append(row)
+                else:
+                    group.append((m, row))
+            if group:
+                plan.append((batch, context, capacity, group))
+    if args.dry_run:
+        for batch, context, _, group in plan:
+            for m, row in group:
+                log(f"plan {m.label:20s} B={batch} ctx={context:6d}: ~{row['memory_estimate_GiB']:.1f} GiB, "
+                    f"floor {row['floor_ms']:.2f} ms ({row['read_bytes']['total'] / 1e9:.2f} GB)")
+        return
+
+    params = jax.jit(lambda: init_params(cfg))()
+    pparams = init_predictor(s, predictor)
+    pool = concurrent.futures.ThreadPoolExecutor(max(1, args.compile_workers))
+    meta = run_meta(args, bandwidth)
+    for batch, context, capacity, group in plan:
+        log(f"== B={batch} ctx={context}: compiling {len(group)} methods")
+        futures = []
+        for m, row in group:
+            t0 = time.perf_counter()
+            try:
+                lowered = lower_decode(model, predictor, s, m, params, pparams, batch, capacity, args.steps)
+            except Exception as e:  # e.g. neighbour fetch not implemented yet
+                futures.append((m, row, None, f"{type(e).__name__}: {str(e)[:300]}"))
+                continue
+            row["lower_s"] = time.perf_counter() - t0
+
+            def compile_job(lowered=lowered):
+                t = time.perf_counter()
+                return lowered.compile(), time.perf_counter() - t
+
+            futures.append((m, row, pool.submit(compile_job), None))
+        # Time nothing while compiles run: their threads would compete with the loop's host work.
+        concurrent.futures.wait([f for _, _, f, _ in futures if f is not None])
+        log(f"compiled B={batch} ctx={context}")
+        cache = None
+        for m, row, future, error in futures:
+            try:
+                if error:
+                    raise RuntimeError(error)
+                compiled, row["compile_s"] = future.result()
+                if not cache_alive(cache):
+                    cache = None
+                    gc.collect()
+                    cache = random_cache(cfg, batch, capacity, context, jax.random.PRNGKey(context + batch))
+                times, cache = time_compiled(compiled, params, pparams, cache, args.steps, args.repeats)
+                del compiled
+            except Exception as e:  # noqa: BLE001 - one failing method must not stop the matrix
+                msg = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+                status = "skipped" if "not implemented" in msg else "failed"
+                row.update(status=status, reason=msg)
+                log(f"{status.upper()} {m.label} B={batch} ctx={context}: {msg}")
                 rows.append(row)
-                print(f"{label:16s} B={batch} ctx={context:6d}: {1e3 * seconds:8.2f} ms/token  floor {1e3 * floor:6.2f} ms  ({seconds / floor:.2f}x)", flush=True)
-            del cache
-    meta = dict(device=jax.devices()[0].device_kind, jax=jax.__version__, date=datetime.datetime.now(datetime.UTC).isoformat(),
-                commit=subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or os.environ.get("COMMIT", ""),
-                command="python " + " ".join(__import__("sys").argv), bandwidth_TBps=bandwidth / 1e12)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "decode_latency.json"), "w") as handle:
-        json.dump(dict(meta=meta, rows=rows), handle, indent=1)
+                continue
+            seconds = min(times)
+            row.update(status="ok", ms_per_token=1e3 * seconds, timed_ms_per_token=[1e3 * t for t in times],
+                       ratio_to_floor=1e3 * seconds / row["floor_ms"])
+            rows.append(row)
+            log(f"{m.label:20s} B={batch} ctx={context:6d}: {1e3 * seconds:8.2f} ms/token  floor {row['floor_ms']:6.2f} ms "
+                f"({row['ratio_to_floor']:.2f}x)  [compile {row.get('compile_s', 0):.0f}s]")
+        del cache
+        gc.collect()
+        add_speedups(rows)  # after every group: a run cut short keeps what it measured
+        write_outputs(args, meta, s, rows)
+    pool.shutdown()
+
+
+def add_speedups(rows: list[dict]) -> None:
+    dense = {(r["batch"], r["context"]): r["ms_per_token"] for r in rows if r["method"] == "dense" and r.get("status") == "ok"}
+    for r in rows:
+        base = dense.get((r["batch"], r["context"]))
+        if r.get("status") == "ok" and base:
+            r["speedup_vs_dense"] = base / r["ms_per_token"]
+
+
+def _ctx(c: int) -> str:
+    return f"{c // 1024}K" if c % 1024 == 0 else str(c)
+
+
+def markdown(meta: dict, s: Settings, rows: list[dict], args) -> str:
+    cfg = s.cfg
+    lines = [f"# End-to-end decode latency, {Path(args.config).stem} shapes (random {cfg.dtype} weights), {meta['device']}", "",
+             f"- Command: `{meta['command']}`", f"- jax {meta['jax']}, {meta['date']}, commit {meta['commit']}",
+             f"- Method: KV cache filled with random K/V up to the context; `decode_loop` generates {args.steps} tokens greedily "
+             f"in one jitted `lax.while_loop` (cache donated); one warm-up call, then the best of {args.repeats} timed calls "
+             f"/ {args.steps - 1} tokens. Budget {args.budget} tokens per KV head ({args.n_sink} sinks + {args.n_window} recent "
+             f"inside it), layer 0 dense, per-KV-head selection. TokenButler: long-context producer predictor "
+             f"(d'={s.pcfg.dDash}, I={s.pcfg.intdim}, G={s.pcfg.producer_frequency}), `_iN` = predict_interval N, `_nf` = "
+             "neighbour fetch (each prediction's scored tokens widened to ~2x).",
+             f"- Floor = bytes that must be read per token / measured copy bandwidth ({meta['bandwidth_TBps']:.2f} TB/s): "
+             "weights (untied input embedding excluded; + predictor), K/V rows attended (selected rows on sparse layers), "
+             "Oracle: every cached key for scoring; TokenButler: importance keys / N. Ratio = measured / floor; "
+             "speed-up = dense ms/token / method ms/token at the same batch and context.", ""]
+    ok = [r for r in rows if r.get("status") == "ok"]
+    for batch in sorted({r["batch"] for r in rows}):
+        contexts = sorted({r["context"] for r in ok if r["batch"] == batch})
+        if not contexts:
+            continue
+        lines += [f"## Batch {batch}", "",
+                  "| method | " + " | ".join(f"{_ctx(c)} ms/token | floor | ratio | vs dense" for c in contexts) + " |",
+                  "|---|" + "---:|---:|---:|---:|" * len(contexts)]
+        for label in dict.fromkeys(r["method"] for r in rows):
+            cells = []
+            for c in contexts:
+                r = next((r for r in rows if r["method"] == label and r["batch"] == batch and r["context"] == c), None)
+                if r is None or r.get("status") != "ok":
+                    cells.append(f"{r['status'] if r else '-'} | - | - | -")
+                else:
+                    sp = r.get("speedup_vs_dense")
+                    cells.append(f"{r['ms_per_token']:.2f} | {r['floor_ms']:.2f} | {r['ratio_to_floor']:.2f}x | "
+                                 + (f"{sp:.2f}x" if sp else "-"))
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    other = [r for r in rows if r.get("status") != "ok"]
+    if other:
+        lines += ["## Not run", ""]
+        lines += [f"- {r['method']} B={r['batch']} ctx={r['context']}: {r['status']}: {r['reason']}" for r in other]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_outputs(args, meta: dict, s: Settings, rows: list[dict]) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = dict(config=args.config, budget=args.budget, n_sink=args.n_sink, n_window=args.n_window,
+                    dense_layers=s.dense_layers, steps=args.steps, repeats=args.repeats, d_dash=s.pcfg.dDash,
+                    intdim=s.pcfg.intdim, producer_frequency=s.pcfg.producer_frequency)
+    (out / "decode_latency.json").write_text(json.dumps(dict(meta=meta, settings=settings, rows=rows), indent=1))
+    text = markdown(meta, s, rows, args)
+    (out / "decode_latency.md").write_text(text)
+    print(text, flush=True)
+    try:
+        from bench.plot_decode import plot_latency
+
+        plot_latency(rows, out / "decode_latency.png", title=f"{Path(args.config).stem}, {meta['device']}, budget {args.budget}")
+        log(f"wrote {out / 'decode_latency.png'}")
+    except Exception as e:  # noqa: BLE001 - the numbers are written already; the plot can be redone
+        log(f"plot skipped: {type(e).__name__}: {e} (redo: python bench/plot_decode.py --latency {out / 'decode_latency.json'})")
+    log(f"wrote {out / 'decode_latency.json'} and {out / 'decode_latency.md'}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
-"""Token-selection benchmark: topk_select (Pallas radix) vs its lax.top_k reference vs bare lax.top_k.
+"""Token-selection benchmark: topk_select (Pallas: sampled bracket "auto" and "radix") vs its
+lax.top_k reference vs bare lax.top_k, plus a sweep of the sampled path's sizes (`--sweep`).
 
 Each figure is one jitted lax.fori_loop of N dependent calls (the carry writes a value derived
 from the last output into column 0 of the scores, so nothing is hoisted), timed end to end and
-divided by N. Run: `python bench/select.py` (writes select.md / select.json under $OUT or .).
+divided by N. Run: `python bench/select.py [--sweep]` (writes select.md / select.json under $OUT
+or .).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kernels.score_select import score_and_select  # noqa: E402
-from kernels.topk_select import _radix_threshold, _topk_select_pallas, topk_select  # noqa: E402
+from kernels.topk_select import _plan, _radix_threshold, _sampled_select, topk_select  # noqa: E402
 
 K = 8192
 ITERS = 50
@@ -52,34 +54,66 @@ def _try_us(fn, scores: jax.Array) -> float:
         return float("nan")
 
 
-def _recall(got: tuple[jax.Array, jax.Array], want: tuple[jax.Array, jax.Array]) -> float:
-    gi, gv = (np.asarray(x) for x in got)
-    wi, wv = (np.asarray(x) for x in want)
-    hits = sum(len(set(gi[r][gv[r]]) & set(wi[r][wv[r]])) for r in range(gi.shape[0]))
-    return hits / max(1, int(wv.sum()))
+def _exact(fn, scores: jax.Array, want: tuple[jax.Array, jax.Array]) -> bool | None:
+    """Whether fn(scores) equals want exactly; None when fn fails to compile or run."""
+    try:
+        got = fn(scores)
+    except Exception:  # noqa: BLE001 - the timing of the same variant already printed the error
+        return None
+    return all(np.array_equal(np.asarray(g), np.asarray(w)) for g, w in zip(got, want))
 
 
 def bench_select(rows: int, t: int, dtype) -> dict:
     key = jax.random.PRNGKey(rows * t)
     scores = jax.random.normal(key, (rows, t), jnp.float32).astype(dtype)
     lengths = jnp.full((rows,), t, jnp.int32)
-    pallas = lambda s: topk_select(s, K, lengths, n_sink=4, n_recent=64, implementation="pallas")
-    xla = lambda s: topk_select(s, K, lengths, n_sink=4, n_recent=64, implementation="xla")
-    pallas_us = _try_us(lambda s: pallas(s)[0], scores)
+    kw = dict(n_sink=4, n_recent=64)
+    sel = {m: jax.jit(lambda s, m=m: topk_select(s, K, lengths, implementation="pallas", method=m,
+                                                 **kw)) for m in ("auto", "radix")}
+    ref = jax.jit(lambda s: topk_select(s, K, lengths, implementation="xla", **kw))
+    want = ref(scores)
+    sampled = jax.jit(lambda s: _sampled_select(s, lengths, K, interpret=False, plan=_plan(t, K),
+                                                **kw))
+    try:
+        rows_ok = int(np.asarray(sampled(scores)[1]).sum())
+    except Exception:  # noqa: BLE001 - reported by the "auto" timing below
+        rows_ok = -1
     return {
         "rows": rows, "T": t, "dtype": jnp.dtype(dtype).name, "k": K,
-        "pallas_us": pallas_us,
+        "auto_us": _try_us(lambda s: sel["auto"](s)[0], scores),
+        "radix_us": _try_us(lambda s: sel["radix"](s)[0], scores),
         "radix_passes_only_us": _amortised_us(
-            lambda s: _radix_threshold(s, lengths, K, block_t=2048, n_sink=4, n_recent=64,
-                                       interpret=False), scores),
-        "pallas_xla_compaction_us": _amortised_us(
-            lambda s: _topk_select_pallas(s, lengths, K, 4, 64, False, "xla")[0], scores),
-        "xla_reference_us": _amortised_us(lambda s: xla(s)[0], scores),
+            lambda s: _radix_threshold(s, lengths, K, block_t=2048, interpret=False, **kw), scores),
+        "xla_reference_us": _amortised_us(lambda s: ref(s)[0], scores),
         "lax_top_k_us": _amortised_us(lambda s: jax.lax.top_k(s, K)[1], scores),
-        "recall_vs_reference": _recall(
-            jax.jit(lambda s: _topk_select_pallas(s, lengths, K, 4, 64, False, "xla"))(scores)
-            if np.isnan(pallas_us) else jax.jit(pallas)(scores), jax.jit(xla)(scores)),
+        "sampled_rows_ok": rows_ok,
+        "auto_exact": _exact(sel["auto"], scores, want),
+        "radix_exact": _exact(sel["radix"], scores, want),
     }
+
+
+SWEEP = [dict(), dict(small_warps=16), dict(small_warps=4), dict(step=1), dict(step=3),
+         dict(lanes=8192), dict(sample=2048), dict(small_warps=16, lanes=8192),
+         dict(small_warps=16, step=3), dict(small_warps=16, lanes=8192, sample=2048)]
+
+
+def sweep_sampled(rows: int = 32, t: int = 131072) -> list[dict]:
+    """The sampled path alone under plan overrides (f32, normal scores): us and exactness."""
+    scores = jax.random.normal(jax.random.PRNGKey(7), (rows, t), jnp.float32)
+    lengths = jnp.full((rows,), t, jnp.int32)
+    want = topk_select(scores, K, lengths, n_sink=4, n_recent=64, implementation="xla")
+    out = []
+    for ov in SWEEP:
+        plan = _plan(t, K, **ov)
+        fn = jax.jit(lambda s, plan=plan: _sampled_select(s, lengths, K, n_sink=4, n_recent=64,
+                                                          interpret=False, plan=plan))
+        us = _try_us(lambda s: fn(s)[0][0], scores)
+        exact = _exact(lambda s: fn(s)[0], scores, want)
+        n_ok = int(np.asarray(fn(scores)[1]).sum()) if exact is not None else 0
+        r = {"overrides": ov, "plan": plan._asdict(), "us": us, "rows_ok": n_ok, "exact": exact}
+        print(json.dumps(r), flush=True)
+        out.append(r)
+    return out
 
 
 def bench_score_select(kdtype: str, impl: str) -> dict:
@@ -103,12 +137,15 @@ def bench_score_select(kdtype: str, impl: str) -> dict:
 
 
 def main() -> None:
+    do_sweep = "--sweep" in sys.argv[1:]
     out = Path(os.environ.get("OUT", "."))
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).parent).stdout.strip()
     meta = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "commit": commit,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": "PYTHONUNBUFFERED=1 python bench/select.py", "k": K, "iters": ITERS}
+            "command": "PYTHONUNBUFFERED=1 python bench/select.py" + " --sweep" * do_sweep,
+            "k": K, "iters": ITERS}
+    sw = sweep_sampled() if do_sweep else []  # first: the most informative part of a cut-short run
     sel = []
     for t in (32768, 65536, 131072):
         for rows in (8, 32):
@@ -125,22 +162,27 @@ def main() -> None:
     lines = [f"# Token selection, k={K} ({meta['device']}, jax {meta['jax']}, {meta['date']}, "
              f"commit {commit})", "", f"Command: `{meta['command']}`; us per call, "
              f"{ITERS} dependent calls in one jit. n_sink=4, n_recent=64.", "",
-             "| rows x T | dtype | topk_select pallas | radix passes alone "
-             "| pallas radix + XLA compaction | xla reference | lax.top_k | recall |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| rows x T | dtype | auto (sampled) | radix | radix passes alone | xla reference "
+             "| lax.top_k | rows on sampled path | exact (auto / radix) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in sel:
-        lines.append(f"| {r['rows']} x {r['T']} | {r['dtype']} | {r['pallas_us']:.1f} | "
-                     f"{r['radix_passes_only_us']:.1f} | {r['pallas_xla_compaction_us']:.1f} | "
-                     f"{r['xla_reference_us']:.1f} | "
-                     f"{r['lax_top_k_us']:.1f} | {r['recall_vs_reference']:.4f} |")
+        lines.append(f"| {r['rows']} x {r['T']} | {r['dtype']} | {r['auto_us']:.1f} | "
+                     f"{r['radix_us']:.1f} | {r['radix_passes_only_us']:.1f} | "
+                     f"{r['xla_reference_us']:.1f} | {r['lax_top_k_us']:.1f} | "
+                     f"{r['sampled_rows_ok']}/{r['rows']} | {r['auto_exact']} / {r['radix_exact']} |")
     lines += ["", "score_and_select, B=1, S=32, T=131072, d'=16:", "",
               "| keys | impl | us |", "|---|---|---:|"]
     lines += [f"| {r['k_dtype']} | {r['impl']} | {r['us']:.1f} |" for r in ss]
+    if sw:
+        lines += ["", "Sampled path alone, 32 x 131072 f32, plan overrides:", "",
+                  "| overrides | us | rows ok | exact |", "|---|---:|---:|---|"]
+        lines += [f"| {r['overrides'] or 'default'} | {r['us']:.1f} | {r['rows_ok']} | {r['exact']} |"
+                  for r in sw]
     text = "\n".join(lines) + "\n"
     print(text)
     out.mkdir(parents=True, exist_ok=True)
     (out / "select.md").write_text(text)
-    (out / "select.json").write_text(json.dumps({**meta, "select": sel, "score_select": ss},
+    (out / "select.json").write_text(json.dumps({**meta, "select": sel, "score_select": ss, "sweep": sw},
                                                 indent=1))
 
 

@@ -128,3 +128,29 @@ def test_errors():
         topk_select(s, 10, implementation="cuda")
     with pytest.raises(ValueError, match="group_reduce"):
         oracle_logits(jnp.zeros((1, 4, 8)), jnp.zeros((1, 2, 10, 8)), "sum")
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_sampled_path_exact_when_taken(dtype):
+    """The sampled bracket path alone: on normal scores every row takes it and is exact; on
+    heavy ties the rows it accepts are exact and `topk_select` (auto, with radix fallback) and
+    method="radix" are exact everywhere."""
+    from kernels.topk_select import _plan, _sampled_select
+
+    rng = np.random.default_rng(4)
+    rows, t, k = 4, 4096, 300
+    lengths = np.array([t, 2000, 350, 280], np.int32)
+    for kind in ("normal", "ties"):
+        s = jnp.asarray(_scores(rng, rows, t, kind), dtype)
+        want = _exact(np.asarray(s.astype(jnp.float32)), k, lengths, 2, 16)
+        (idx, valid), ok = _sampled_select(s, jnp.asarray(lengths), k, n_sink=2, n_recent=16,
+                                           interpret=True, plan=_plan(t, k))
+        ok = np.asarray(ok)
+        if kind == "normal":
+            assert ok.all()
+        for r in np.flatnonzero(ok):
+            _assert_matches((idx[r:r + 1], valid[r:r + 1]), [want[r]], k)
+        for method in ("auto", "radix"):
+            _assert_matches(topk_select(s, k, jnp.asarray(lengths), n_sink=2, n_recent=16,
+                                        implementation="pallas", interpret=True, method=method),
+                            want, k)

@@ -156,3 +156,78 @@ def test_longctx_tokenbutler_decode_equals_simulation(tiny) -> None:
     dec = teacher_forced_decode_logits(model, params, tokens, policy)
     assert np.abs(dec - np.asarray(sim[0])).max() <= 1e-5
     assert float(stats[2].kept) < float(stats[2].visible)
+
+
+@pytest.mark.parametrize("budget", ["fixed_50pc", "12"])
+def test_neighbor_fetch_decode_equals_simulation(tiny, budget) -> None:
+    """Every simulated row is a prediction step: with interval 1 both paths expand the same selection."""
+    model, params = tiny
+    tokens = np.random.default_rng(6).integers(0, 128, (1, 40))
+    section = dict(method="tokenbutler", budget=budget, n_sink=2, n_window=3)
+    plain = policy_for(SparsityConfig(**section))
+    wide = policy_for(SparsityConfig(**section, neighbor_fetch=True))
+    sim, stats = simulated_logits(model, params, jnp.asarray(tokens), wide)
+    dec = teacher_forced_decode_logits(model, params, tokens, wide)
+    assert np.abs(dec - np.asarray(sim[0])).max() <= 1e-5
+    sim_plain, stats_plain = simulated_logits(model, params, jnp.asarray(tokens), plain)
+    assert np.abs(np.asarray(sim) - np.asarray(sim_plain)).max() > 1e-4
+    assert float(stats[2].kept) > float(stats_plain[2].kept)
+    assert float(stats[2].kept) < float(stats[2].visible)
+
+
+@pytest.mark.parametrize("interval", [1, 4])
+def test_neighbor_fetch_full_budget_equals_dense(tiny, interval) -> None:
+    model, params = tiny
+    tokens = np.random.default_rng(0).integers(0, 128, (1, 48))
+    dense, _ = model.apply({"params": params}, jnp.asarray(tokens), jnp.arange(48)[None])
+    policy = policy_for(SparsityConfig(method="tokenbutler", budget="4096", n_sink=2, n_window=2,
+                                       predict_interval=interval, neighbor_fetch=True))
+    sim, _ = simulated_logits(model, params, jnp.asarray(tokens), policy)
+    assert np.abs(np.asarray(sim) - np.asarray(dense)).max() <= 1e-5
+    dec = teacher_forced_decode_logits(model, params, tokens[:, :20], policy)
+    assert np.abs(dec - np.asarray(dense[0, :20])).max() <= 1e-5
+
+
+def test_neighbor_fetch_widens_prediction_steps_and_reuse_keeps_them(tiny) -> None:
+    """Interval 4: each prediction's list = its plain selection + the spec's neighbours (distinct,
+    existing tokens); the reuse steps in between attend that widened list plus the new tokens."""
+    from test_neighbors import spec_expand
+
+    model, params = tiny
+    t, n_sink, n_window = 32, 1, 2
+    tokens = np.random.default_rng(9).integers(0, 128, (1, t))
+    policy = policy_for(SparsityConfig(method="tokenbutler", budget=10, n_sink=n_sink, n_window=n_window,
+                                       predict_interval=4, neighbor_fetch=True))
+    s = policy.settings
+    assert policy.init_state(CFG, 1, t).previous[1][0].shape == (1, CFG.num_key_value_heads, min(2 * 10, t))
+    records = []
+    select = policy.select
+
+    def recording_select(layer, x, cache, state):
+        idx, ok, new_state = select(layer, x, cache, state)
+        scores, _ = policy.decode_scores(layer, x, cache, state)
+        plain = decode_select(scores, cache.lengths, s.budget, policy.k_max(cache.capacity), n_sink, n_window, s.implementation)
+        jax.debug.callback(lambda *a: records.append((layer, *map(np.asarray, a))), state.step, cache.lengths, idx, ok, *plain)
+        return idx, ok, new_state
+
+    policy.select = recording_select
+    teacher_forced_decode_logits(model, params, tokens, policy)
+    assert len(records) == (t - 1) * (CFG.num_hidden_layers - s.dense_layers)
+    last, grew = {}, 0
+    for layer, step, lengths, idx, ok, plain, plain_ok in records:
+        q = int(lengths[0])
+        for h in range(idx.shape[1]):
+            got = idx[0, h][ok[0, h]]
+            assert len(set(got.tolist())) == len(got) and (got <= q).all()
+            if (int(step) - 1) % 4 == 0:
+                sel = plain[0, h][plain_ok[0, h]]
+                end = q + 1 - n_window
+                forced = {i for i in sel.tolist() if i < n_sink or i >= end}
+                scored = sorted(set(sel.tolist()) - forced)
+                assert set(got.tolist()) == forced | set(spec_expand(scored, end, len(scored)))
+                grew += len(got) > len(sel)
+                last[layer, h] = set(got.tolist()), q
+            else:
+                predicted, at = last[layer, h]
+                assert set(got.tolist()) == predicted | set(range(at + 1, q + 1))
+    assert grew > 0

@@ -46,6 +46,9 @@ class SparsityConfig:
 def make_policy(sparsity: SparsityConfig, cfg: ModelConfig, predictor: Any = None):
     """The policy object for a config section (TokenButler needs `predictor`: (module, params))."""
     method = sparsity.method
+    if method != "tokenbutler" and (sparsity.neighbor_fetch or sparsity.predict_interval != 1):
+        raise ValueError(f"sparsity.neighbor_fetch / predict_interval apply to tokenbutler only, not method={method!r}; "
+                         "reset them to false / 1")
     if method == "dense":
         return DensePolicy(sparsity.implementation)
     settings = sparsity.settings()

@@ -99,6 +99,10 @@ class ScoredPolicy:
     def init_simulation(self, batch: int, length: int) -> Any:
         return ()
 
+    def widen_keep(self, keep: jnp.ndarray, q_pos: jnp.ndarray, n_keys: int) -> jnp.ndarray:
+        """Hook on a simulated selection keep [B, Hsel, Tq, Tk] (q_pos [B, Tq]); identity here."""
+        return keep
+
     def simulate_layer(self, layer: int, x: LayerInputs, carry: Any) -> tuple[jnp.ndarray, Any, LayerStats]:
         """Decode-simulated attention of all rows of x (each row selects among its causal past)."""
         carry = self.observe_simulation(layer, x, carry)
@@ -114,6 +118,7 @@ class ScoredPolicy:
                 keep = jnp.ones_like(oracle)
             else:
                 keep = simulated_keep(self.simulated_scores(layer, x, rows, logits, carry), q_pos, s.budget, s.n_sink, s.n_window)
+                keep = self.widen_keep(keep, q_pos, x.k.shape[1])
             stats = stats + layer_stats(keep, oracle, causal)
             keep_q = jnp.repeat(keep, self.cfg.num_attention_heads // keep.shape[1], axis=1)
             outs.append(masked_attention(logits, keep_q & causal, x.v))

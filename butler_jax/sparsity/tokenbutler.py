@@ -10,6 +10,15 @@ With `predict_interval` i > 1 a new selection is computed every i-th step only (
 ...); in between each layer reuses its previous selection and adds the tokens generated since
 (at most i - 1 of them, in i extra slots), as the long-context release does: no scoring and no
 top-K on reuse steps.
+
+With `neighbor_fetch` every prediction (each step when i = 1) widens the scored part of the
+selection as the release does (reference §2.9, `neighbors.py`): runs of selected tokens are
+doubled to the right, so a prediction's list holds up to 2x the selected tokens plus sinks and
+window (min(2 k_max, capacity) slots); reuse steps reuse that widened list. Only the tokens
+chosen by score, in [n_sink, E) with E the first token of the recent window, are expanded, and
+neighbours stay below E (as in the release, where sinks and window live outside the selection).
+Decode-simulated prefill (every query row a prediction step, no reuse) expands each row's keep
+mask with the same rule, so decode and simulation still agree at i = 1.
 """
 
 from __future__ import annotations
@@ -21,8 +30,9 @@ import jax.numpy as jnp
 
 from butler_jax.models.predictor import PaperPredictor, importance_logits
 from butler_jax.models.predictor_longctx import LongctxPredictor, longctx_scores, serving
+from butler_jax.sparsity.neighbors import expand_neighbor_mask, expand_neighbors
 from butler_jax.sparsity.scored import ScoredPolicy, SelectionSettings
-from butler_jax.sparsity.select import decode_select
+from butler_jax.sparsity.select import decode_select, forced_keys
 
 
 class TokenButlerState(NamedTuple):
@@ -40,17 +50,16 @@ class _TokenButlerBase(ScoredPolicy):
         super().__init__(settings, cfg)
         if predict_interval < 1:
             raise ValueError(f"sparsity.predict_interval={predict_interval} must be >= 1")
-        if neighbor_fetch:
-            raise ValueError("sparsity.neighbor_fetch is not implemented yet; set it to false")
         self.module, self.params = predictor
         self.predict_interval = predict_interval
+        self.neighbor_fetch = bool(neighbor_fetch)
 
     def _apply(self, method: str, *args):
         return self.module.apply({"params": self.params}, *args, method=method)
 
     def _empty_previous(self, cfg, batch: int, capacity: int) -> tuple:
         hsel = cfg.num_key_value_heads if self.settings.granularity == "kv" else cfg.num_attention_heads
-        k = self.k_max(capacity)
+        k = self.k_select(capacity)
         empty = (jnp.zeros((batch, hsel, k), jnp.int32), jnp.zeros((batch, hsel, k), bool))
         return tuple(empty for _ in range(cfg.num_hidden_layers))
 
@@ -63,17 +72,43 @@ class _TokenButlerBase(ScoredPolicy):
         at = jnp.where(self.is_prediction_step(step), cache.lengths, state.predicted_at)
         return state._replace(step=step, predicted_at=at)
 
-    def select(self, layer, x, cache, state: TokenButlerState):
+    def k_select(self, capacity: int) -> int:
+        """Slots of one prediction's index list: k_max, or min(2 k_max, capacity) with neighbour fetch."""
+        k = self.k_max(capacity)
+        return min(2 * k, capacity) if self.neighbor_fetch else k
+
+    def _predict(self, layer, x, cache, state: TokenButlerState):
+        """A fresh selection (indices, valid) [B, Hsel, k_select] for the step's query."""
         s, k_max = self.settings, self.k_max(cache.capacity)
-        scores, state = self.decode_scores(layer, x, cache, state) if self.predict_interval == 1 else (None, state)
+        scores, state = self.decode_scores(layer, x, cache, state)
+        idx, ok = decode_select(scores, cache.lengths, s.budget, k_max, s.n_sink, s.n_window, s.implementation)
+        if self.neighbor_fetch:
+            idx, ok = self._expand(idx, ok, cache.lengths, cache.capacity)
+        return idx, ok, state
+
+    def _expand(self, idx, ok, query_pos, capacity: int):
+        """Neighbour fetch on a decode selection: expand the scored tokens in [n_sink, E), keep the forced ones.
+
+        E = query_pos + 1 - n_window (the first always-kept recent token). The result is sorted,
+        distinct and holds at most 2 x the selected tokens, so min(2 k_max, capacity) slots suffice.
+        """
+        s, k = self.settings, idx.shape[-1]
+        end = (query_pos + 1 - s.n_window)[:, None]  # [B, 1]
+        forced = ok & ((idx < s.n_sink) | (idx >= end[..., None]))
+        wide, wide_ok = expand_neighbors(idx, ok & ~forced, end, 2 * k)
+        big = jnp.iinfo(jnp.int32).max
+        merged = jnp.sort(jnp.concatenate([jnp.where(forced, idx, big), jnp.where(wide_ok, wide, big)], -1), -1)
+        merged = merged[..., :min(2 * k, capacity)]
+        valid = merged != big
+        return jnp.where(valid, merged, 0), valid
+
+    def select(self, layer, x, cache, state: TokenButlerState):
         if self.predict_interval == 1:
-            indices, valid = decode_select(scores, cache.lengths, s.budget, k_max, s.n_sink, s.n_window, s.implementation)
-            return indices, valid, state
+            return self._predict(layer, x, cache, state)
         extra = jnp.broadcast_to(jnp.arange(1, self.predict_interval + 1, dtype=jnp.int32), (*cache.lengths.shape, self.predict_interval))
 
         def predict(_):
-            scores, _ = self.decode_scores(layer, x, cache, state)
-            idx, ok = decode_select(scores, cache.lengths, s.budget, k_max, s.n_sink, s.n_window, s.implementation)
+            idx, ok, _ = self._predict(layer, x, cache, state)
             return idx, ok
 
         def reuse(_):
@@ -88,6 +123,14 @@ class _TokenButlerBase(ScoredPolicy):
         previous = list(state.previous)
         previous[layer] = (idx, ok)
         return jnp.minimum(indices, cache.capacity - 1), valid, state._replace(previous=tuple(previous))
+
+    def widen_keep(self, keep, q_pos, n_keys: int):
+        """Neighbour fetch on a simulated keep mask [B, Hsel, Tq, Tk] (identity when disabled)."""
+        if not self.neighbor_fetch:
+            return keep
+        s = self.settings
+        forced = forced_keys(jnp.arange(n_keys), q_pos, s.n_sink, s.n_window)[:, None]
+        return keep | expand_neighbor_mask(keep & ~forced, (q_pos + 1 - s.n_window)[:, None])
 
 
 class TokenButlerPolicy(_TokenButlerBase):
