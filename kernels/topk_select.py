@@ -8,7 +8,8 @@ The selection is then "the K largest keys, ties by lower index, INVALID never ta
 methods find th, the K-th largest key of the row, and emit the keys > th plus the first
 (K - count above) keys == th by index, in ascending token order.
 
-Sampled bracket select (method="auto", the default; four Pallas kernels, two reads of the row):
+Sampled bracket select (method="sampled", and "auto" (the default) for >= 16 rows; four Pallas
+kernels, two reads of the row):
 
 1. Guess (grid (R,)): a stratified sample of `sample` keys over the row's valid tokens
    [0, length) (chunks of `chunk` contiguous keys at evenly spaced positions). With q = K /
@@ -29,11 +30,11 @@ The result is exact whenever the bracket holds (#keys >= hi < K <= #keys >= lo) 
 segment overflowed its `cap` slots; the threshold kernel checks this per row, and
 if any row fails (heavy ties at th, adversarial or strongly clustered scores) the whole call
 takes the radix path below through `jax.lax.cond`. Sizes (`_plan`): 16 segments of >= 2048
-tokens; `cap` and `lanes` hold 1.5x / 1.25x the expected band (+4 std + 16) at the worst
-q(1 - q) over the lengths (K, T], so shorter rows (larger q) stay on the fast path. Rows
-shorter than `_MIN_SAMPLED_T` tokens always use the radix path.
+tokens; `cap` holds 1.5x a segment's expected band (+4 std + 16) at the worst band density over
+the lengths (K, T], `lanes` 1.25x a whole row's band at length T (its largest), so shorter rows
+stay on the fast path. Rows shorter than `_MIN_SAMPLED_T` tokens always use the radix path.
 
-Radix select (method="radix", and the fallback):
+Radix select (method="radix", "auto" for fewer than 16 rows, and the fallback):
 
 1. Radix passes (Pallas): each pass reads the row once and counts, per row, the keys >= 16
    candidate thresholds sharing the prefix found so far, fixing 4 more bits of the K-th largest
@@ -70,7 +71,7 @@ _HI_ALL = np.int32(FORCED_KEY + 1)  # bracket bound above every key
 _RADIX_BITS = 4
 _N_THRESH = 1 << _RADIX_BITS
 _BLOCK_T = 2048
-METHODS = ("auto", "radix")
+METHODS = ("auto", "sampled", "radix")
 
 _SAMPLE = 4096  # sampled keys per row (guess kernel)
 _SAMPLE_CHUNK = 8  # contiguous keys per sample chunk: one 32-byte sector of f32 scores
@@ -80,6 +81,10 @@ _GUESS_BITS = 20  # key bits the guess resolves for f32 (bf16 keys have 16)
 _SEGMENTS = 16  # target segments per row: programs per row of the bracket and emit passes
 _STEP_BITS = 2  # key bits per in-register search iteration (2**bits thresholds, one reduction)
 _MIN_SAMPLED_T = 256  # shorter rows go straight to the radix path
+# "auto" takes the sampled path from this many rows: its per-row guess / threshold kernels have
+# one program per row, so few rows leave the GPU idle (H200, 8 x 131072 f32: sampled 127 us vs
+# radix 84 us; 32 rows: 100 vs 176; bench/results/select_*.md).
+_MIN_SAMPLED_ROWS = 16
 
 
 class _Plan(NamedTuple):
@@ -100,22 +105,28 @@ class _Plan(NamedTuple):
 def _plan(t: int, k: int, **overrides) -> _Plan:
     """Sizes for rows of T tokens and K selected.
 
-    The expected band [lo, hi) holds 2 (m + 1) / S of a row's valid tokens (m = the margin in
-    sample ranks); m peaks at the largest q(1 - q) over the lengths in (K, T]: 1/4 if 2K <= T.
-    `cap` covers 1.5x the band of one segment + 4 std + 16, `lanes` 1.25x that of a whole row.
+    The expected band [lo, hi) holds 2 (m + 1) / S of a row's n valid tokens (m = the margin in
+    sample ranks, 4.5 sqrt(S q (1 - q)) + 4 with q = K / n). Its density peaks at the largest
+    q(1 - q) over the lengths n in (K, T] (1/4 if 2K <= T): `cap` covers 1.5x the band of one
+    segment at that density + 4 std + 16. Its size in tokens grows with n (~sqrt(K n - K^2)), so
+    it peaks at n = T: `lanes` covers 1.25x the band of a full row + 4 std + 16.
     """
     block = min(_BLOCK_T, next_power_of_2(t))
     seg = max(block, next_power_of_2(cdiv(t, _SEGMENTS)))
     n_seg = next_power_of_2(cdiv(t, seg))
     sample = min(_SAMPLE, next_power_of_2(t))
-    qq = 0.25 if 2 * k <= t else (k / t) * (1 - k / t)
-    frac = 2 * (_SIGMAS * math.sqrt(sample * qq) + _SLACK + 1) / sample
-    per_seg, per_row = frac * seg, frac * t
+
+    def band_fraction(qq: float) -> float:
+        return 2 * (_SIGMAS * math.sqrt(sample * qq) + _SLACK + 1) / sample
+
+    worst_qq = 0.25 if 2 * k <= t else (k / t) * (1 - k / t)
+    per_seg = band_fraction(worst_qq) * seg
+    per_row = band_fraction((k / t) * (1 - k / t)) * t
     cap = min(next_power_of_2(int(1.5 * per_seg + 4 * math.sqrt(per_seg) + 16)), 2 * seg)
     lanes = min(next_power_of_2(int(1.25 * per_row + 4 * math.sqrt(per_row) + 16)), n_seg * cap)
     plan = _Plan(block=block, seg=seg, n_seg=n_seg, cap=cap, lanes=lanes, sample=sample,
                  chunk=min(_SAMPLE_CHUNK, sample), step=_STEP_BITS, guess_bits=_GUESS_BITS,
-                 warps=4, small_warps=8)
+                 warps=4, small_warps=16)
     return plan._replace(**overrides)
 
 
@@ -492,9 +503,10 @@ def _radix_select(scores, lengths, k, *, n_sink, n_recent, interpret):
 @functools.partial(jax.jit, static_argnames=("k", "n_sink", "n_recent", "interpret", "method"))
 def _topk_select_pallas(scores, lengths, k, n_sink, n_recent, interpret, method="auto"):
     kw = dict(n_sink=n_sink, n_recent=n_recent, interpret=interpret)
-    if method == "radix" or scores.shape[1] < _MIN_SAMPLED_T:
+    r, t = scores.shape
+    if method == "radix" or t < _MIN_SAMPLED_T or (method == "auto" and r < _MIN_SAMPLED_ROWS):
         return _radix_select(scores, lengths, k, **kw)
-    fast, ok = _sampled_select(scores, lengths, k, plan=_plan(scores.shape[1], k), **kw)
+    fast, ok = _sampled_select(scores, lengths, k, plan=_plan(t, k), **kw)
     return jax.lax.cond(jnp.all(ok), lambda: fast,
                         lambda: _radix_select(scores, lengths, k, **kw))
 
@@ -529,8 +541,9 @@ def topk_select(scores: jax.Array, k: int, lengths: jax.Array | None = None, *, 
     scores: [R, T] f32 or bf16 (-inf allowed); lengths: [R] int32 or None (= T); token t of row r
     is valid iff t < lengths[r]. Forced: [0, n_sink) and [length - n_recent, length), inside the
     K budget. The others are ranked by score, ties to the lower index.
-    method (Pallas only): "auto" = sampled bracket select, falling back to the radix select
-    when its bracket fails for any row; "radix" = the radix select alone. Both are exact.
+    method (Pallas only): "sampled" = sampled bracket select, falling back to the radix select
+    when its bracket fails for any row; "radix" = the radix select alone; "auto" = "sampled"
+    for >= 16 rows, else "radix". All are exact.
     Returns indices [R, K] int32 in ascending token order and valid [R, K] bool; slots past the
     row's count (fewer than K valid tokens) are valid=False with index 0.
     """

@@ -133,8 +133,8 @@ def test_errors():
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_sampled_path_exact_when_taken(dtype):
     """The sampled bracket path alone: on normal scores every row takes it and is exact; on
-    heavy ties the rows it accepts are exact and `topk_select` (auto, with radix fallback) and
-    method="radix" are exact everywhere."""
+    heavy ties the rows it accepts are exact and `topk_select` (sampled, with radix fallback;
+    auto; radix) is exact everywhere."""
     from kernels.topk_select import _plan, _sampled_select
 
     rng = np.random.default_rng(4)
@@ -150,7 +150,7 @@ def test_sampled_path_exact_when_taken(dtype):
             assert ok.all()
         for r in np.flatnonzero(ok):
             _assert_matches((idx[r:r + 1], valid[r:r + 1]), [want[r]], k)
-        for method in ("auto", "radix"):
+        for method in ("auto", "sampled", "radix"):
             _assert_matches(topk_select(s, k, jnp.asarray(lengths), n_sink=2, n_recent=16,
                                         implementation="pallas", interpret=True, method=method),
                             want, k)
