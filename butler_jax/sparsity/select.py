@@ -34,6 +34,11 @@ def forced_keys(key_pos: jnp.ndarray, query_pos: jnp.ndarray, n_sink: int, n_win
     return (key_pos <= q) & ((key_pos < n_sink) | (key_pos > q - n_window))
 
 
+def selects_ascending(budget: Budget, k_max: int, n_sink: int, n_window: int) -> bool:
+    """Whether `decode_select` takes the top-K kernel, whose valid indices ascend along each row."""
+    return budget.tokens is not None and n_sink + n_window <= k_max
+
+
 def decode_select(scores: jnp.ndarray, query_pos: jnp.ndarray, budget: Budget, k_max: int,
                   n_sink: int, n_window: int, implementation: str = "auto") -> tuple[jnp.ndarray, jnp.ndarray]:
     """Indices [B, Hs, k_max] and validity for the current token at query_pos [B] from scores [B, Hs, T].
@@ -41,7 +46,7 @@ def decode_select(scores: jnp.ndarray, query_pos: jnp.ndarray, budget: Budget, k
     A fixed token budget goes to the radix-select kernel (`kernels.topk_select`: Pallas on GPU,
     its lax.top_k reference elsewhere; indices ascending); a fractional budget, whose K grows
     with the length, uses lax.top_k here."""
-    if budget.tokens is not None and n_sink + n_window <= k_max:
+    if selects_ascending(budget, k_max, n_sink, n_window):
         b, hs, t = scores.shape
         lengths = jnp.repeat(query_pos + 1, hs)
         indices, valid = topk_select(scores.reshape(b * hs, t), k_max, lengths, n_sink=n_sink, n_recent=n_window,

@@ -32,7 +32,7 @@ from butler_jax.models.predictor import PaperPredictor, importance_logits
 from butler_jax.models.predictor_longctx import LongctxPredictor, longctx_scores, serving
 from butler_jax.sparsity.neighbors import expand_neighbor_mask, expand_neighbors
 from butler_jax.sparsity.scored import ScoredPolicy, SelectionSettings
-from butler_jax.sparsity.select import decode_select, forced_keys
+from butler_jax.sparsity.select import decode_select, forced_keys, selects_ascending
 
 
 class TokenButlerState(NamedTuple):
@@ -89,18 +89,23 @@ class _TokenButlerBase(ScoredPolicy):
     def _expand(self, idx, ok, query_pos, capacity: int):
         """Neighbour fetch on a decode selection: expand the scored tokens in [n_sink, E), keep the forced ones.
 
-        E = query_pos + 1 - n_window (the first always-kept recent token). The result is sorted,
-        distinct and holds at most 2 x the selected tokens, so min(2 k_max, capacity) slots suffice.
+        E = query_pos + 1 - n_window (the first always-kept recent token). The result is distinct
+        and holds at most 2 x the selected tokens, so min(2 k_max, capacity) slots suffice: slots
+        [0, k) keep the selection as given (forced tokens included), [k, 2k) its new neighbours and
+        fill (`expand_neighbors` puts them there whatever the order of its first k slots).
         """
         s, k = self.settings, idx.shape[-1]
         end = (query_pos + 1 - s.n_window)[:, None]  # [B, 1]
         forced = ok & ((idx < s.n_sink) | (idx >= end[..., None]))
-        wide, wide_ok = expand_neighbors(idx, ok & ~forced, end, 2 * k)
-        big = jnp.iinfo(jnp.int32).max
-        merged = jnp.sort(jnp.concatenate([jnp.where(forced, idx, big), jnp.where(wide_ok, wide, big)], -1), -1)
-        merged = merged[..., :min(2 * k, capacity)]
-        valid = merged != big
-        return jnp.where(valid, merged, 0), valid
+        ascending = selects_ascending(s.budget, k, s.n_sink, s.n_window)
+        wide, wide_ok = expand_neighbors(idx, ok & ~forced, end, 2 * k, ascending=ascending)
+        merged = jnp.concatenate([idx, wide[..., k:]], -1)
+        merged_ok = jnp.concatenate([ok, wide_ok[..., k:]], -1)
+        if capacity >= 2 * k:
+            return merged, merged_ok
+        big = jnp.iinfo(jnp.int32).max  # fewer slots than 2k: at most `capacity` distinct tokens exist
+        merged = jnp.sort(jnp.where(merged_ok, merged, big), -1)[..., :capacity]
+        return jnp.where(merged != big, merged, 0), merged != big
 
     def select(self, layer, x, cache, state: TokenButlerState):
         if self.predict_interval == 1:
