@@ -4,8 +4,10 @@ Scoring is not fused into the radix passes: each pass would re-read the importan
 ([B, S, T, d'] bf16 = 32x larger than the f32 scores at d'=16), so the keys are read once by an
 XLA einsum (a memory-bound matvec XLA already runs near bandwidth) into f32 scores [B*S, T],
 and `topk_select` then reads those small scores a few times. Measured on the H100 at
-B=1, S=32, T=131072: score_and_select 219 us (bf16 keys) / 210 us (int8) against 164 us for the
-selection alone, so the einsum's ~50 us is near the 134 MB read's bandwidth floor (~45 us).
+B=1, S=32, T=131072 with the radix select (2026-11-24): 219 us (bf16 keys) / 210 us (int8)
+against 164 us for the selection alone, so the einsum's ~50 us is near the 134 MB read's
+bandwidth floor (~45 us). With the sampled select (2026-11-26) it measured 330 us although the
+selection alone takes 106 us: not yet explained (bench/results/select_h100.md).
 """
 
 from __future__ import annotations

@@ -42,8 +42,8 @@ Radix select (method="radix", "auto" for fewer than 16 rows, and the fallback):
 2. Compaction (Pallas, one more read): per-block counts (one fused XLA read) give each block
    its slot and tie offsets, and each block scatters its indices by an in-block cumsum.
 
-H100, 32 x 131072, K=8192 (bench/results/select_h100.md), radix: 164 us f32, 104 us bf16;
-lax.top_k 996 / 608 us.
+H100, 32 x 131072, K=8192 (bench/results/select_h100.md): sampled 106 us f32 / 90 us bf16,
+radix 170 / 107 us, lax.top_k 994 / 614 us; 8 rows: radix 87 / 53 us.
 
 Output order: ascending token index within each row; slots past the row's selected count have
 valid=False and index 0. NaN scores rank above +inf.
