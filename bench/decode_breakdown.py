@@ -589,6 +589,12 @@ def main(argv=None) -> None:
                                    e2e_ms=e["ms_per_token"] if e else None, floor_ms=floor, notes=notes))
                 log(f"  {m.label:20s} sum of ops {total:7.2f} ms/token" + (f", end to end {e['ms_per_token']:.2f}" if e else "")
                     + f", floor {floor:.2f}")
+            write_outputs(args, s, rot, bandwidth, e2e, results, totals)  # per group: a cut-short run keeps its figures
+
+
+def write_outputs(args, s: Settings, rot: int, bandwidth: float, e2e: dict, results: list, totals: list) -> None:
+    """decode_breakdown.json / .md / .png under --out from the groups measured so far."""
+    out = Path(args.out)
     meta = run_meta(args, bandwidth)
     data = dict(meta=meta, settings=dict(config=args.config, budget=args.budget, n_sink=args.n_sink, n_window=args.n_window,
                                          rotate=rot, target_ms=args.target_ms, reuse_interval=REUSE_INTERVAL,
