@@ -97,7 +97,7 @@ def plot(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(tasks))], tasks, rotation=30, ha="right")
         ax.set_ylabel("score (%)")
         ax.set_title("Accuracy by task and method")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over them
         fig.tight_layout()
         path = out_dir / "scores_by_task.png"
         fig.savefig(path, dpi=120)
