@@ -31,12 +31,7 @@ import os
 import sys
 from pathlib import Path
 
-# Run as `python bench/decode_latency.py`, sys.path[0] is bench/, whose select.py would shadow the
-# standard library's `select` (imported by subprocess): put the repository root there instead.
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-elif str(Path(__file__).resolve().parents[1]) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `bench.*` imports
 
 # The 8B weights + a 64K x B=4 cache need more than the default 75 % preallocation (set before jax).
 os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.94")

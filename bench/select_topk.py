@@ -4,7 +4,7 @@ lax.top_k reference vs bare lax.top_k, plus a sweep of the sampled path's sizes 
 
 Each figure is one jitted lax.fori_loop of N dependent calls (the carry writes a value derived
 from the last output into column 0 of the scores, so nothing is hoisted), timed end to end and
-divided by N. Run: `python bench/select.py [--sweep]` (writes select.md / select.json under $OUT
+divided by N. Run: `python bench/select_topk.py [--sweep]` (writes select.md / select.json under $OUT
 or .).
 """
 
@@ -142,7 +142,7 @@ def main() -> None:
                             cwd=Path(__file__).parent).stdout.strip()
     meta = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "commit": commit,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": "PYTHONUNBUFFERED=1 python bench/select.py" + " --sweep" * do_sweep,
+            "command": "PYTHONUNBUFFERED=1 python bench/select_topk.py" + " --sweep" * do_sweep,
             "k": K, "iters": ITERS}
     sw = sweep_sampled() if do_sweep else []  # first: the most informative part of a cut-short run
     sel = []
