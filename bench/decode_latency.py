@@ -50,6 +50,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench.plot_decode import context_label, plot_latency  # noqa: E402
 from butler_jax.cache import KVCache  # noqa: E402
 from butler_jax.config import ModelConfig, PredictorConfig, load_yaml, section  # noqa: E402
 from butler_jax.decode import decode_loop  # noqa: E402
@@ -415,10 +416,6 @@ def add_speedups(rows: list[dict]) -> None:
             r["speedup_vs_dense"] = base / r["ms_per_token"]
 
 
-def _ctx(c: int) -> str:
-    return f"{c // 1024}K" if c % 1024 == 0 else str(c)
-
-
 def markdown(meta: dict, s: Settings, rows: list[dict], args) -> str:
     cfg = s.cfg
     lines = [f"# End-to-end decode latency, {Path(args.config).stem} shapes (random {cfg.dtype} weights), {meta['device']}", "",
@@ -439,7 +436,7 @@ def markdown(meta: dict, s: Settings, rows: list[dict], args) -> str:
         if not contexts:
             continue
         lines += [f"## Batch {batch}", "",
-                  "| method | " + " | ".join(f"{_ctx(c)} ms/token | floor | ratio | vs dense" for c in contexts) + " |",
+                  "| method | " + " | ".join(f"{context_label(c)} ms/token | floor | ratio | vs dense" for c in contexts) + " |",
                   "|---|" + "---:|---:|---:|---:|" * len(contexts)]
         for label in dict.fromkeys(r["method"] for r in rows):
             cells = []
@@ -472,8 +469,6 @@ def write_outputs(args, meta: dict, s: Settings, rows: list[dict]) -> None:
     (out / "decode_latency.md").write_text(text)
     print(text, flush=True)
     try:
-        from bench.plot_decode import plot_latency
-
         plot_latency(rows, out / "decode_latency.png", title=f"{Path(args.config).stem}, {meta['device']}, budget {args.budget}")
         log(f"wrote {out / 'decode_latency.png'}")
     except Exception as e:  # noqa: BLE001 - the numbers are written already; the plot can be redone

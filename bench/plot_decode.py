@@ -21,7 +21,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def _ctx_label(c: int) -> str:
+def context_label(c: int) -> str:
+    """131072 -> "128K" (contexts that are not whole K stay plain)."""
     return f"{c // 1024}K" if c % 1024 == 0 else str(c)
 
 
@@ -44,7 +45,7 @@ def plot_latency(rows: list[dict], path, title: str = "") -> None:
             ax.plot(x, [p[1] for p in pts], "o-", color=colours[m], label=m)
             ax.plot(x, [p[2] for p in pts], "--", color=colours[m], alpha=0.6, linewidth=1)
         ax.set_xscale("log", base=2)
-        ax.set_xticks(contexts, [_ctx_label(c) for c in contexts])
+        ax.set_xticks(contexts, [context_label(c) for c in contexts])
         ax.set_xlabel("context (tokens)")
         ax.set_ylabel("ms / token")
         ax.set_ylim(bottom=0)
@@ -83,7 +84,7 @@ def plot_breakdown(data: dict, path, title: str = "") -> None:
                         label="bandwidth floor" if i == 0 else None)
         ax.set_xticks(list(x), [t["method"] for t in rows], rotation=35, ha="right", fontsize=8)
         ax.set_ylabel("ms / token (sum of timed operations)")
-        ax.set_title(f"batch {batch}, context {_ctx_label(context)}")
+        ax.set_title(f"batch {batch}, context {context_label(context)}")
         ax.grid(True, axis="y", alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     seen = dict(zip(labels, handles))
