@@ -224,20 +224,32 @@ def _guess_kernel(s_ref, len_ref, o_ref, *, t, k, plan, low_bit, n_sink, n_recen
     o_ref[0, :] = jnp.where(jnp.arange(2) == 0, hi, lo)
 
 
-def _bracket_kernel(s_ref, len_ref, g_ref, key_ref, cnt_ref, *, t, plan, n_sink, n_recent):
-    """One (row, segment): keys in [lo, hi) -> key_ref [cap]; cnt_ref [1, 2] = (#>= hi, #band)."""
+def _segment(len_ref, *, t, plan):
+    """This (row, segment) program's first token, the row's length, its valid tokens n and the
+    segment's token blocks holding valid tokens."""
     seg0 = pl.program_id(1) * plan.seg
     length = len_ref[0, 0]
     n = jnp.minimum(length, t)
-    hi, lo = g_ref[0, 0], g_ref[0, 1]
     n_blocks = jnp.clip((n - seg0 + plan.block - 1) // plan.block, 0, plan.seg // plan.block)
+    return seg0, length, n, n_blocks
+
+
+def _block_keys(s_ref, b, seg0, length, n, *, plan, n_sink, n_recent):
+    """Token block b of a segment: (positions, keys) [block], tokens >= n read as invalid."""
+    start = pl.multiple_of(seg0 + b * plan.block, plan.block)
+    pos = start + jnp.arange(plan.block, dtype=jnp.int32)
+    x = plgpu.load(s_ref.at[pl.ds(start, plan.block)], mask=pos < n, other=0)
+    return pos, _keys(x, pos, length, n_sink, n_recent)
+
+
+def _bracket_kernel(s_ref, len_ref, g_ref, key_ref, cnt_ref, *, t, plan, n_sink, n_recent):
+    """One (row, segment): keys in [lo, hi) -> key_ref [cap]; cnt_ref [1, 2] = (#>= hi, #band)."""
+    seg0, length, n, n_blocks = _segment(len_ref, t=t, plan=plan)
+    hi, lo = g_ref[0, 0], g_ref[0, 1]
 
     def body(b, carry):
         off, n_hi = carry
-        start = pl.multiple_of(seg0 + b * plan.block, plan.block)
-        pos = start + jnp.arange(plan.block, dtype=jnp.int32)
-        x = plgpu.load(s_ref.at[pl.ds(start, plan.block)], mask=pos < n, other=0)
-        key = _keys(x, pos, length, n_sink, n_recent)
+        _, key = _block_keys(s_ref, b, seg0, length, n, plan=plan, n_sink=n_sink, n_recent=n_recent)
         band = ((key >= lo) & (key < hi)).astype(jnp.int32)
         slot = off + jnp.cumsum(band) - 1
         keep = (band > 0) & (slot < plan.cap)
@@ -299,19 +311,13 @@ def _threshold_kernel(key_ref, cnt_ref, len_ref, g_ref, row_ref, slot_ref, tie_r
 def _emit_kernel(s_ref, len_ref, row_ref, slot_ref, tie_ref, o_ref, *, t, k, plan, n_sink,
                  n_recent):
     """One (row, segment): scatter the taken token indices into their slots of o_ref [K]."""
-    seg0 = pl.program_id(1) * plan.seg
-    length = len_ref[0, 0]
-    n = jnp.minimum(length, t)
+    seg0, length, n, n_blocks = _segment(len_ref, t=t, plan=plan)
     th, ties_needed, ok = row_ref[0, 0], row_ref[0, 1], row_ref[0, 3]
-    n_blocks = jnp.clip((n - seg0 + plan.block - 1) // plan.block, 0, plan.seg // plan.block)
     n_blocks = jnp.where(ok != 0, n_blocks, 0)  # a failed row is recomputed by the fallback
 
     def body(b, carry):
         slot0, tie0 = carry
-        start = pl.multiple_of(seg0 + b * plan.block, plan.block)
-        pos = start + jnp.arange(plan.block, dtype=jnp.int32)
-        x = plgpu.load(s_ref.at[pl.ds(start, plan.block)], mask=pos < n, other=0)
-        key = _keys(x, pos, length, n_sink, n_recent)
+        pos, key = _block_keys(s_ref, b, seg0, length, n, plan=plan, n_sink=n_sink, n_recent=n_recent)
         tie = ((key == th) & (key != INVALID_KEY)).astype(jnp.int32)
         take = (key > th) | ((tie > 0) & (tie0 + jnp.cumsum(tie) <= ties_needed))
         slot = slot0 + jnp.cumsum(take.astype(jnp.int32)) - 1
