@@ -79,8 +79,10 @@ def expand_neighbors(indices: jnp.ndarray, valid: jnp.ndarray, length: jnp.ndarr
         v = jnp.sort(jnp.where(valid, idx, _BIG), axis=-1)
         ok = v != _BIG
 
-    # 1. runs over the valid entries (consecutive values); c = the length of each entry's run
-    prev = _shift_right(_cummax(jnp.where(ok, v, -2)), -2)  # the previous valid value
+    # 1. runs over the valid entries (consecutive values); c = the length of each entry's run.
+    # filled: the last valid value up to each slot (-2 before any: never v - 1 of a valid v >= 0)
+    filled = _cummax(jnp.where(ok, v, -2))  # non-decreasing; its values are I's (or -2)
+    prev = _shift_right(filled, -2)  # the previous valid value
     nxt = jnp.concatenate([_cummin(jnp.where(ok, v, _BIG), reverse=True)[..., 1:],
                            jnp.full(v.shape[:-1] + (1,), _BIG, jnp.int32)], -1)  # the next one
     run_first = _cummax(jnp.where(ok & (prev != v - 1), v, -1))
@@ -91,15 +93,13 @@ def expand_neighbors(indices: jnp.ndarray, valid: jnp.ndarray, length: jnp.ndarr
     # also reaches unclamped or I holds), not in I, not covered by an earlier run's neighbours
     # [e, e + c) (their largest is last + c; an entry's own run's earlier ones stay below it)
     nbr = v + run_len
-    filled = _cummax(jnp.where(ok, v, -1))  # non-decreasing; its values are I's (or -1)
     at = jax.vmap(jnp.searchsorted)(filled.reshape(-1, n), nbr.reshape(-1, n)).reshape(v.shape)
     in_i = jnp.take_along_axis(filled, jnp.minimum(at, n - 1), axis=-1) == nbr
     covered = nbr <= _shift_right(_cummax(jnp.where(ok, nbr, -1)), -1)
     new = ok & (nbr <= end - 1) & ~in_i & ~covered
 
     # 5. each duplicate's slot takes the next fill token last + 1, last + 2, ... while <= E - 1
-    last = jnp.maximum(jnp.max(jnp.where(ok, v, -1), -1, keepdims=True),
-                       jnp.max(jnp.where(new, nbr, -1), -1, keepdims=True))
+    last = jnp.maximum(filled[..., -1:], jnp.max(jnp.where(new, nbr, -1), -1, keepdims=True))
     dup = ok & ~new
     fill = last + jnp.cumsum(dup, axis=-1, dtype=jnp.int32)
     fill_ok = dup & (fill <= end - 1)
@@ -128,10 +128,9 @@ def expand_neighbor_mask(mask: jnp.ndarray, length: jnp.ndarray) -> jnp.ndarray:
     t = jnp.arange(t_len, dtype=jnp.int32)
     sel = mask & (t < end)
     prev = _shift_right(sel, False)
-    axis = sel.ndim - 1
-    run_start = jax.lax.cummax(jnp.where(sel & ~prev, t, -1), axis=axis)  # start of the run holding t
+    run_start = _cummax(jnp.where(sel & ~prev, t, -1))  # start of the run holding t
     run_end = ~sel & prev  # t is the first token after a run
-    reach = jax.lax.cummax(jnp.where(run_end, 2 * t - _shift_right(run_start, -1), -1), axis=axis)
+    reach = _cummax(jnp.where(run_end, 2 * t - _shift_right(run_start, -1), -1))
     union = sel | ((reach > t) & (t < end))
     n_fill = 2 * sel.sum(-1, keepdims=True, dtype=jnp.int32) - union.sum(-1, keepdims=True, dtype=jnp.int32)
     last = jnp.max(jnp.where(union, t, -1), axis=-1, keepdims=True)
