@@ -43,7 +43,7 @@ def decode_select(scores: jnp.ndarray, query_pos: jnp.ndarray, budget: Budget, k
                   n_sink: int, n_window: int, implementation: str = "auto") -> tuple[jnp.ndarray, jnp.ndarray]:
     """Indices [B, Hs, k_max] and validity for the current token at query_pos [B] from scores [B, Hs, T].
 
-    A fixed token budget goes to the radix-select kernel (`kernels.topk_select`: Pallas on GPU,
+    A fixed token budget goes to the exact top-K kernel (`kernels.topk_select`: Pallas on GPU,
     its lax.top_k reference elsewhere; indices ascending); a fractional budget, whose K grows
     with the length, uses lax.top_k here."""
     if selects_ascending(budget, k_max, n_sink, n_window):
