@@ -12,8 +12,9 @@ from butler_jax.train.loss import layer_terms
 B, T, HQ, HKV, HD, DI = 2, 16, 4, 2, 8, 4
 
 
-def _reference(q, k, qi, ki, loss, region, fraction=0.5):
-    """Unchunked numpy: teacher / student logits, loss and top-fraction classification."""
+def _reference(q, k, qi, ki, loss, region, fraction=0.5, metric_stride=1):
+    """Unchunked numpy: teacher / student logits, loss and top-fraction classification (query rows
+    0, s, 2s, ... of each block of `chunk` rows are every s-th row when s divides the chunk)."""
     kr = np.repeat(k, HQ // HKV, axis=2)
     teacher = np.einsum("bqhd,bkhd->bhqk", q, kr) / np.sqrt(HD)
     student = np.einsum("bqhd,bkhd->bhqk", qi, ki) / np.sqrt(DI)
@@ -30,6 +31,8 @@ def _reference(q, k, qi, ki, loss, region, fraction=0.5):
         value = np.where(causal, np.exp(lt) * (lt - ls), 0.0).sum(-1).mean()
     correct = pairs = 0
     for idx in np.ndindex(B, HQ, T):
+        if idx[2] % metric_stride:
+            continue
         n = idx[2] + 1
         top_k = int(np.ceil(fraction * n))
         true = set(np.argsort(-teacher[idx][:n])[:top_k])
@@ -40,15 +43,15 @@ def _reference(q, k, qi, ki, loss, region, fraction=0.5):
 
 
 @pytest.mark.parametrize("loss,region", [("mse", "causal"), ("mse", "full"), ("kl", "causal")])
-@pytest.mark.parametrize("chunk", [4, 16])
-def test_chunked_terms_match_reference(loss: str, region: str, chunk: int) -> None:
+@pytest.mark.parametrize("chunk,metric_stride", [(4, 1), (16, 1), (8, 4)])
+def test_chunked_terms_match_reference(loss: str, region: str, chunk: int, metric_stride: int) -> None:
     rng = np.random.default_rng(0)
     q, k = rng.normal(size=(B, T, HQ, HD)), rng.normal(size=(B, T, HKV, HD))
     qi, ki = rng.normal(size=(B, T, HQ, DI)), rng.normal(size=(B, T, HQ, DI))
     positions = jnp.broadcast_to(jnp.arange(T), (B, T))
     f = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
-    terms = layer_terms(f(q), f(k), f(qi), f(ki), positions, chunk, loss, region)
-    value, accuracy = _reference(q, k, qi, ki, loss, region)
+    terms = layer_terms(f(q), f(k), f(qi), f(ki), positions, chunk, loss, region, metric_stride=metric_stride)
+    value, accuracy = _reference(q, k, qi, ki, loss, region, metric_stride=metric_stride)
     np.testing.assert_allclose(float(terms.loss()), value, rtol=1e-5)
     np.testing.assert_allclose(float(terms.correct / terms.pairs), accuracy, rtol=1e-6)
 

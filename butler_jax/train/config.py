@@ -66,6 +66,7 @@ class TrainConfig:
     loss_region: Literal["causal", "full"] = "causal"  # "full": the paper's L x L quirk (MSE only)
     query_chunk: int = 256  # query rows per teacher-logit block (divides data.seq_len)
     top_fraction: float = 0.5  # accuracy: is the key in the true top fraction of its row
+    metric_row_stride: int = 8  # accuracy / hit rate on every n-th query row (each needs a row sort)
     seed: int = 0  # predictor init and dropout
     mesh_data: int = 1  # devices on the "data" axis (-1: all left over)
     mesh_fsdp: int = -1  # devices on the "fsdp" axis (-1: all left over)
@@ -78,7 +79,7 @@ class TrainConfig:
     tensorboard: bool = True
 
     def __post_init__(self) -> None:
-        positive = ("steps", "query_chunk", "save_every", "keep_checkpoints", "log_every")
+        positive = ("steps", "query_chunk", "metric_row_stride", "save_every", "keep_checkpoints", "log_every")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")

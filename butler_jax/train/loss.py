@@ -11,10 +11,13 @@ Terms are sums, so layers and chunks add up exactly:
   kl:  mean over rows of KL(softmax(teacher) || softmax(student)) over causal keys;
   accuracy: over causal pairs, does "key in the student's top fraction of its row" equal "key in
        the teacher's top fraction"; hit rate: |student top & teacher top| / |teacher top|.
+       Both need a sort of every row; `metric_stride` s > 1 estimates them on every s-th query row
+       (the loss always uses every row).
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -48,8 +51,10 @@ def top_fraction_mask(logits: jnp.ndarray, keep: jnp.ndarray, fraction: float) -
 
 
 def block_terms(teacher: jnp.ndarray, student: jnp.ndarray, causal: jnp.ndarray, loss: str,
-                region: str, fraction: float) -> LayerTerms:
-    """Terms of one query block. teacher/student: f32 [B, H, C, T]; causal: bool [B, 1, C, T]."""
+                region: str, fraction: float, metric_stride: int = 1) -> LayerTerms:
+    """Terms of one query block. teacher/student: f32 [B, H, C, T]; causal: bool [B, 1, C, T].
+
+    The metric counts use query rows 0, s, 2s, ... of the block (s = metric_stride, dividing C)."""
     causal = jnp.broadcast_to(causal, teacher.shape)
     i32 = jnp.int32
     if loss == "mse":
@@ -63,6 +68,8 @@ def block_terms(teacher: jnp.ndarray, student: jnp.ndarray, causal: jnp.ndarray,
         kl = jnp.where(causal, jnp.exp(log_t) * (log_t - log_s), 0.0)
         loss_sum = kl.sum()
         loss_count = jnp.asarray(causal.shape[0] * causal.shape[1] * causal.shape[2], i32)
+    rows = slice(None, None, metric_stride)
+    teacher, student, causal = teacher[..., rows, :], student[..., rows, :], causal[..., rows, :]
     true_top = top_fraction_mask(teacher, causal, fraction)
     pred_top = top_fraction_mask(jax.lax.stop_gradient(student), causal, fraction)
     return LayerTerms(
@@ -79,7 +86,8 @@ def _chunks(x: jnp.ndarray, chunk: int) -> jnp.ndarray:
 
 
 def layer_terms(q: jnp.ndarray, k: jnp.ndarray, qi: jnp.ndarray, ki: jnp.ndarray, positions: jnp.ndarray,
-                chunk: int, loss: str = "mse", region: str = "causal", fraction: float = 0.5) -> LayerTerms:
+                chunk: int, loss: str = "mse", region: str = "causal", fraction: float = 0.5,
+                metric_stride: int = 1) -> LayerTerms:
     """Loss and metric sums of one consumer layer over all query blocks.
 
     q: [B, T, Hq, hd], k: [B, T, Hkv, hd] (teacher, gradients stopped); qi: [B, T, H, d'],
@@ -87,13 +95,14 @@ def layer_terms(q: jnp.ndarray, k: jnp.ndarray, qi: jnp.ndarray, ki: jnp.ndarray
     """
     q, k = jax.lax.stop_gradient(q), jax.lax.stop_gradient(k)
     chunk = min(chunk, q.shape[1])
+    metric_stride = math.gcd(metric_stride, chunk)
 
     @jax.checkpoint
     def block(args):
         q_c, qi_c, pos_c = args
         teacher = attention_logits(q_c, k)
         student = attention_logits(qi_c, ki)
-        return block_terms(teacher, student, causal_mask(pos_c, positions), loss, region, fraction)
+        return block_terms(teacher, student, causal_mask(pos_c, positions), loss, region, fraction, metric_stride)
 
     per_block = jax.lax.map(block, (_chunks(q, chunk), _chunks(qi, chunk), _chunks(positions, chunk)))
     return LayerTerms(*(x.sum() for x in per_block))

@@ -45,7 +45,7 @@ def forward_terms(model: LlamaForCausalLM, student: Student, cfg: TrainConfig, p
         if layer in consumers:
             qi, ki = scores
             terms = terms + (layer_terms(x.q, x.k, qi, ki, x.positions, cfg.query_chunk, cfg.loss,
-                                         cfg.loss_region, cfg.top_fraction),)
+                                         cfg.loss_region, cfg.top_fraction, cfg.metric_row_stride),)
         return out, (state, terms)
 
     frozen = jax.lax.stop_gradient(frozen_params)
