@@ -24,6 +24,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from bandwidth import copy_bandwidth  # bench/ is this script's folder
 from kernels.dense_decode_attention import dense_decode_attention
 from kernels.sparse_decode_attention import sparse_decode_attention
 
@@ -54,12 +55,6 @@ def _once(run, n, carry0, args) -> float:
     t0 = time.perf_counter()
     jax.block_until_ready(run(n, carry0, *args))
     return time.perf_counter() - t0
-
-
-def copy_bandwidth() -> float:
-    """Device-to-device copy bandwidth in bytes/s, counting bytes read plus written."""
-    x = jnp.ones((512 * 2**20 // 2,), DTYPE)
-    return 2 * x.nbytes / _timed_loop(lambda c: -c, x)
 
 
 def _cache(key, t: int, copies: int):

@@ -50,6 +50,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench.bandwidth import copy_bandwidth  # noqa: E402
 from bench.plot_decode import context_label, plot_latency  # noqa: E402
 from butler_jax.cache import KVCache  # noqa: E402
 from butler_jax.config import ModelConfig, PredictorConfig, load_yaml, section  # noqa: E402
@@ -185,24 +186,6 @@ def weights_read_bytes(cfg: ModelConfig, params) -> int:
     if not cfg.tie_word_embeddings:
         total -= tree_bytes(params["embed_tokens"])
     return total
-
-
-def copy_bandwidth(nbytes: int = 2 << 30, reps: int = 20) -> float:
-    """Device copy bandwidth in bytes/s (read + write counted), dispatch amortised in a fori_loop."""
-    x = jnp.ones((nbytes // 4,), jnp.float32)
-
-    @jax.jit
-    def loop(x):
-        return jax.lax.fori_loop(0, reps, lambda i, y: y * 1.0000001 + 1e-9, x)
-
-    loop(x).block_until_ready()
-    best = float("inf")
-    for _ in range(2):
-        start = time.perf_counter()
-        loop(x).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    del x
-    return 2 * nbytes * reps / best
 
 
 def device_memory_limit() -> int | None:
