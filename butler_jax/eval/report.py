@@ -75,6 +75,7 @@ def plot(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
             if dense:
                 ax.axhline(dense[0], color="black", linestyle="--", label=f"dense ({task})")
         ax.set_xlabel("effective sparsity (%)")
+        ax.set_xlim(0, 100)  # one fixed scale: a single budget is a column of points, not a zoom into 49.4-49.8 %
         ax.set_ylabel("perplexity")
         ax.set_yscale("log")
         ax.set_title("Perplexity vs sparsity")
