@@ -24,7 +24,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from bandwidth import copy_bandwidth  # bench/ is this script's folder
+from timing import best_seconds, copy_bandwidth  # bench/ is this script's folder
 from kernels.dense_decode_attention import dense_decode_attention
 from kernels.sparse_decode_attention import sparse_decode_attention
 
@@ -47,14 +47,8 @@ def _timed_loop(step, carry0, *args) -> float:
         if dt > TARGET_S / 3 or n >= 1 << 16:
             break
         n *= 4
-    best = min(_once(run, n, carry0, args) for _ in range(3))
+    best = best_seconds(run, n, carry0, *args)
     return best / n
-
-
-def _once(run, n, carry0, args) -> float:
-    t0 = time.perf_counter()
-    jax.block_until_ready(run(n, carry0, *args))
-    return time.perf_counter() - t0
 
 
 def _cache(key, t: int, copies: int):

@@ -43,7 +43,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.bandwidth import copy_bandwidth  # noqa: E402
+from bench.timing import copy_bandwidth  # noqa: E402
 from bench.decode_latency import (DEFAULT_METHODS, Method, Settings, init_predictor,  # noqa: E402
                                   load_settings, log, run_meta, tree_bytes)
 from butler_jax.cache import KVCache, write_token  # noqa: E402

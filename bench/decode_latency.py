@@ -50,7 +50,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.bandwidth import copy_bandwidth  # noqa: E402
+from bench.timing import copy_bandwidth  # noqa: E402
 from bench.plot_decode import context_label, plot_latency  # noqa: E402
 from butler_jax.cache import KVCache  # noqa: E402
 from butler_jax.config import ModelConfig, PredictorConfig, load_yaml, section  # noqa: E402

@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -23,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.timing import best_seconds  # noqa: E402
 from kernels.score_select import score_and_select  # noqa: E402
 from kernels.topk_select import _plan, _radix_threshold, _sampled_select, topk_select  # noqa: E402
 
@@ -38,12 +38,7 @@ def _amortised_us(fn, scores: jax.Array) -> float:
 
     loop = jax.jit(lambda s: jax.lax.fori_loop(0, ITERS, body, s))
     loop(scores).block_until_ready()
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        loop(scores).block_until_ready()
-        best = min(best, time.perf_counter() - t0)
-    return best / ITERS * 1e6
+    return best_seconds(loop, scores) / ITERS * 1e6
 
 
 def _try_us(fn, scores: jax.Array) -> float:
