@@ -17,7 +17,6 @@ Terms are sums, so layers and chunks add up exactly:
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import jax
@@ -54,7 +53,7 @@ def block_terms(teacher: jnp.ndarray, student: jnp.ndarray, causal: jnp.ndarray,
                 region: str, fraction: float, metric_stride: int = 1) -> LayerTerms:
     """Terms of one query block. teacher/student: f32 [B, H, C, T]; causal: bool [B, 1, C, T].
 
-    The metric counts use query rows 0, s, 2s, ... of the block (s = metric_stride, dividing C)."""
+    The metric counts use query rows 0, s, 2s, ... of the block (s = metric_stride)."""
     causal = jnp.broadcast_to(causal, teacher.shape)
     i32 = jnp.int32
     if loss == "mse":
@@ -95,7 +94,6 @@ def layer_terms(q: jnp.ndarray, k: jnp.ndarray, qi: jnp.ndarray, ki: jnp.ndarray
     """
     q, k = jax.lax.stop_gradient(q), jax.lax.stop_gradient(k)
     chunk = min(chunk, q.shape[1])
-    metric_stride = math.gcd(metric_stride, chunk)
 
     @jax.checkpoint
     def block(args):
