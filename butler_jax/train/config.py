@@ -38,6 +38,8 @@ class DataConfig:
     text_field: str = "text"
     hf_split: str = "train"
     max_documents: Optional[int] = None  # cap on documents read per source (None: all)
+    # row lengths taken in turn, each step holding batch_size * seq_len tokens (empty: seq_len only)
+    mixed_lengths: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -123,6 +125,20 @@ def _predictor_config_class() -> type:
     return cls
 
 
+def check_mixed_lengths(lengths: tuple[int, ...], seq_len: int, batch_size: int, query_chunk: int) -> None:
+    """Each length must cut the step's `batch_size * seq_len` tokens into whole rows and chunks."""
+    tokens = batch_size * seq_len
+    for length in lengths:
+        if length > seq_len:
+            raise ConfigError(f"data.mixed_lengths entry {length} exceeds data.seq_len={seq_len}; "
+                              "data.seq_len is the longest row (set it to max(mixed_lengths))")
+        if length < 2 or tokens % length:
+            raise ConfigError(f"data.mixed_lengths entry {length} must be >= 2 and divide the step's "
+                              f"data.batch_size * data.seq_len = {tokens} tokens")
+        if length % query_chunk and query_chunk < length:
+            raise ConfigError(f"train.query_chunk={query_chunk} must divide data.mixed_lengths entry {length}")
+
+
 def build_run_config(raw: dict[str, Any]) -> RunConfig:
     """Validate every section of a merged config mapping."""
     allowed = {"model", "predictor", "train", "data"}
@@ -140,6 +156,7 @@ def build_run_config(raw: dict[str, Any]) -> RunConfig:
         raise ConfigError(
             f"train.query_chunk={cfg.train.query_chunk} must divide data.seq_len={cfg.data.seq_len}"
         )
+    check_mixed_lengths(cfg.data.mixed_lengths, cfg.data.seq_len, cfg.data.batch_size, cfg.train.query_chunk)
     if cfg.data.seq_len > cfg.model.max_position_embeddings:
         raise ConfigError(
             f"data.seq_len={cfg.data.seq_len} exceeds model.max_position_embeddings="

@@ -179,12 +179,17 @@ class PackedData:
         return h.hexdigest()[:16]
 
 
-def build_data(cfg: DataConfig, model: ModelConfig) -> PackedData:
-    """Read every source, tokenise, pack and check ids against the model's vocabulary."""
+def build_tokens(cfg: DataConfig, model: ModelConfig) -> np.ndarray:
+    """Read every source, tokenise and check ids against the model's vocabulary -> int32 [N]."""
     encode, eos = make_encoder(cfg, model)
     docs = [d for source in cfg.sources for d in read_documents(source, cfg) if d.strip()]
     tokens = tokenize(docs, encode, eos)
     if len(tokens) and int(tokens.max()) >= model.vocab_size:
         raise ConfigError(f"token id {int(tokens.max())} >= model.vocab_size={model.vocab_size}; "
                           "data.tokenizer does not match the model")
-    return PackedData(pack(tokens, cfg.seq_len), cfg.batch_size, cfg.seed)
+    return tokens
+
+
+def build_data(cfg: DataConfig, model: ModelConfig) -> PackedData:
+    """Every source tokenised and packed into `data.seq_len` rows."""
+    return PackedData(pack(build_tokens(cfg, model), cfg.seq_len), cfg.batch_size, cfg.seed)

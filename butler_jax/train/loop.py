@@ -16,7 +16,7 @@ from tqdm import tqdm
 from butler_jax.models.llama import LlamaForCausalLM
 from butler_jax.train.checkpoint import CheckpointError, Checkpoints, abstract_like
 from butler_jax.train.config import RunConfig
-from butler_jax.train.data import PackedData, build_data
+from butler_jax.train.lengths import build_step_data
 from butler_jax.train.mesh import batch_sharding, check_batch, fsdp_shardings, make_mesh, put_global, put_tree, replicated
 from butler_jax.train.metrics import MetricsWriter
 from butler_jax.train.optim import make_optimizer
@@ -61,13 +61,15 @@ def train(cfg: RunConfig, resume: bool = False, student_factory: StudentFactory 
     tc = cfg.train
     out = Path(tc.output_dir)
     mesh = make_mesh(tc)
-    check_batch(cfg.data.batch_size, mesh)
+    rows_per_step = {cfg.data.batch_size} | {cfg.data.batch_size * cfg.data.seq_len // L for L in cfg.data.mixed_lengths}
+    for rows in sorted(rows_per_step):
+        check_batch(rows, mesh)
     is_main = jax.process_index() == 0
 
     model_cfg, frozen_host = model_from_config(cfg.model)
     model = LlamaForCausalLM(model_cfg)
     student = student_factory(cfg.predictor, model_cfg)
-    data: PackedData = build_data(cfg.data, model_cfg)
+    data = build_step_data(cfg.data, model_cfg)
     optimizer = make_optimizer(tc)
     init_key, step_key = jax.random.split(jax.random.PRNGKey(tc.seed))
 
@@ -114,7 +116,8 @@ def train(cfg: RunConfig, resume: bool = False, student_factory: StudentFactory 
             state, metrics = step_fn(state, frozen, tokens, step_key)
             finite = bool(jax.device_get(metrics["finite"]))
             seconds = time.perf_counter() - t0
-            if step > start:  # the first step of a process includes compilation
+            compiled = step >= start + len(cfg.data.mixed_lengths or (0,))  # a length's first step compiles
+            if compiled:
                 timed_tokens, timed_seconds = timed_tokens + tokens_per_step, timed_seconds + seconds
             if not finite:
                 last = ckpt.latest_step()
@@ -127,7 +130,7 @@ def train(cfg: RunConfig, resume: bool = False, student_factory: StudentFactory 
             done = step + 1
             ckpt.save(done, state, meta, force=done == tc.steps)
             if done % tc.log_every == 0 or done == tc.steps:
-                tps = tokens_per_step / seconds if step > start else None
+                tps = tokens_per_step / seconds if compiled else None
                 row = _host_row(done, metrics, layers, tps, data.position(step)[0])
                 if writer is not None:
                     writer.write(row)
