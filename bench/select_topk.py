@@ -1,11 +1,13 @@
-"""Token-selection benchmark: topk_select (Pallas: sampled bracket "sampled" and "radix"; "auto"
-picks sampled from 16 rows) vs its
-lax.top_k reference vs bare lax.top_k, plus a sweep of the sampled path's sizes (`--sweep`).
+"""Token-selection benchmark: exact top-8192 per row, the kernels of `kernels.topk_select`
+("hist" = `kernels.hist_select`, the default; "sampled"; "radix") and plan variants of "hist",
+against lax.top_k, the lax.top_k reference and the bytes floor (the scores read once at the
+read-only bandwidth of `bench.timing.read_bandwidth`), plus `score_and_select` and its parts.
 
 Each figure is one jitted lax.fori_loop of N dependent calls (the carry writes a value derived
-from the last output into column 0 of the scores, so nothing is hoisted), timed end to end and
-divided by N. Run: `python bench/select_topk.py [--sweep]` (writes select.md / select.json under $OUT
-or .).
+from the last output into column 0 of the input, so nothing is hoisted), timed end to end and
+divided by N; the 2-8 MB of scores stay in L2 across calls, as they do in decode after scoring.
+Run from the repo root: `python -m bench.select_topk` (writes select.md / select.json under
+$OUT or .). COMMIT in the environment names the tree's commit where .git is absent.
 """
 
 from __future__ import annotations
@@ -21,164 +23,159 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.timing import best_seconds  # noqa: E402
-from kernels.score_select import score_and_select  # noqa: E402
-from kernels.topk_select import _plan, _radix_threshold, _sampled_select, topk_select  # noqa: E402
+from bench.timing import best_seconds, copy_bandwidth, read_bandwidth
+from kernels.hist_select import hist_plan, hist_select
+from kernels.score_select import importance_scores, score_and_select
+from kernels.topk_select import topk_select
 
 K = 8192
+T = 131072
 ITERS = 50
+KW = dict(n_sink=4, n_recent=64)
+HIST_VARIANTS = [dict(block=512), dict(programs=512), dict(warps=8)]
 
 
-def _amortised_us(fn, scores: jax.Array) -> float:
-    """fn: scores [R, T] -> int32 array; mean us per call over ITERS dependent calls."""
+def _amortised_us(fn, x: jax.Array) -> float:
+    """fn: x -> array; mean us per call over ITERS dependent calls."""
     def body(_, s):
         out = fn(s)
         return s.at[:, 0].set((out.reshape(-1)[0] % 2).astype(s.dtype))
 
     loop = jax.jit(lambda s: jax.lax.fori_loop(0, ITERS, body, s))
-    loop(scores).block_until_ready()
-    return best_seconds(loop, scores) / ITERS * 1e6
+    loop(x).block_until_ready()
+    return best_seconds(loop, x) / ITERS * 1e6
 
 
-def _try_us(fn, scores: jax.Array) -> float:
-    """_amortised_us, or NaN (error printed) when the variant fails to compile or run."""
+def _try(fn, *args):
+    """fn(*args), or NaN / None with the error printed when the variant fails to compile or run."""
     try:
-        return _amortised_us(fn, scores)
+        return fn(*args)
     except Exception as e:  # noqa: BLE001 - a failing variant must not hide the others
-        print(f"FAILED: {type(e).__name__}: {str(e)[:2000]}", flush=True)
+        print(f"FAILED: {type(e).__name__}: {str(e)[:1500]}", flush=True)
         return float("nan")
 
 
-def _exact(fn, scores: jax.Array, want: tuple[jax.Array, jax.Array]) -> bool | None:
-    """Whether fn(scores) equals want exactly; None when fn fails to compile or run."""
-    try:
-        got = fn(scores)
-    except Exception:  # noqa: BLE001 - the timing of the same variant already printed the error
-        return None
+def _same(got, want) -> bool:
     return all(np.array_equal(np.asarray(g), np.asarray(w)) for g, w in zip(got, want))
 
 
-def bench_select(rows: int, t: int, dtype) -> dict:
-    key = jax.random.PRNGKey(rows * t)
-    scores = jax.random.normal(key, (rows, t), jnp.float32).astype(dtype)
-    lengths = jnp.full((rows,), t, jnp.int32)
-    kw = dict(n_sink=4, n_recent=64)
-    sel = {m: jax.jit(lambda s, m=m: topk_select(s, K, lengths, implementation="pallas", method=m,
-                                                 **kw)) for m in ("sampled", "radix")}
-    ref = jax.jit(lambda s: topk_select(s, K, lengths, implementation="xla", **kw))
-    want = ref(scores)
-    sampled = jax.jit(lambda s: _sampled_select(s, lengths, K, interpret=False, plan=_plan(t, K),
-                                                **kw))
-    try:
-        rows_ok = int(np.asarray(sampled(scores)[1]).sum())
-    except Exception:  # noqa: BLE001 - reported by the "sampled" timing below
-        rows_ok = -1
-    return {
-        "rows": rows, "T": t, "dtype": jnp.dtype(dtype).name, "k": K,
-        "sampled_us": _try_us(lambda s: sel["sampled"](s)[0], scores),
-        "radix_us": _try_us(lambda s: sel["radix"](s)[0], scores),
-        "radix_passes_only_us": _amortised_us(
-            lambda s: _radix_threshold(s, lengths, K, block_t=2048, interpret=False, **kw), scores),
-        "xla_reference_us": _amortised_us(lambda s: ref(s)[0], scores),
-        "lax_top_k_us": _amortised_us(lambda s: jax.lax.top_k(s, K)[1], scores),
-        "sampled_rows_ok": rows_ok,
-        "sampled_exact": _exact(sel["sampled"], scores, want),
-        "radix_exact": _exact(sel["radix"], scores, want),
-    }
+def bench_select(rows: int, dtype, read_bw: float) -> dict:
+    scores = jax.random.normal(jax.random.PRNGKey(rows), (rows, T), jnp.float32).astype(dtype)
+    lengths = jnp.full((rows,), T, jnp.int32)
+    want = topk_select(scores, K, lengths, implementation="xla", **KW)
+    res = {"rows": rows, "T": T, "dtype": jnp.dtype(dtype).name, "k": K,
+           "floor_us": rows * T * jnp.dtype(dtype).itemsize / read_bw * 1e6}
+    for m in ("hist", "sampled", "radix"):
+        fn = jax.jit(lambda s, m=m: topk_select(s, K, lengths, implementation="pallas", method=m,
+                                                **KW))
+        res[f"{m}_us"] = _try(_amortised_us, lambda s: fn(s)[0], scores)
+        res[f"{m}_exact"] = _try(lambda: _same(fn(scores), want))
+    for ov in HIST_VARIANTS:
+        plan = hist_plan(rows, T, **ov)
+        fn = jax.jit(lambda s, plan=plan: hist_select(s, K, lengths, plan=plan, **KW))
+        name = "hist_" + "_".join(f"{a}{b}" for a, b in ov.items())
+        res[f"{name}_us"] = _try(_amortised_us, lambda s: fn(s)[0], scores)
+        res[f"{name}_exact"] = _try(lambda: _same(fn(scores), want))
+    ref = jax.jit(lambda s: topk_select(s, K, lengths, implementation="xla", **KW))
+    res["xla_reference_us"] = _amortised_us(lambda s: ref(s)[0], scores)
+    res["lax_top_k_us"] = _amortised_us(lambda s: jax.lax.top_k(s, K)[1], scores)
+    res["hist_plan"] = hist_plan(rows, T)._asdict()
+    return res
 
 
-SWEEP = [dict(), dict(small_warps=8), dict(sample=2048), dict(step=1), dict(lanes=16384)]
-
-
-def sweep_sampled(rows: int = 32, t: int = 131072) -> list[dict]:
-    """The sampled path alone under plan overrides (f32, normal scores): us and exactness."""
-    scores = jax.random.normal(jax.random.PRNGKey(7), (rows, t), jnp.float32)
-    lengths = jnp.full((rows,), t, jnp.int32)
-    want = topk_select(scores, K, lengths, n_sink=4, n_recent=64, implementation="xla")
-    out = []
-    for ov in SWEEP:
-        plan = _plan(t, K, **ov)
-        fn = jax.jit(lambda s, plan=plan: _sampled_select(s, lengths, K, n_sink=4, n_recent=64,
-                                                          interpret=False, plan=plan))
-        us = _try_us(lambda s: fn(s)[0][0], scores)
-        exact = _exact(lambda s: fn(s)[0], scores, want)
-        n_ok = int(np.asarray(fn(scores)[1]).sum()) if exact is not None else 0
-        r = {"overrides": ov, "plan": plan._asdict(), "us": us, "rows_ok": n_ok, "exact": exact}
-        print(json.dumps(r), flush=True)
-        out.append(r)
-    return out
-
-
-def bench_score_select(kdtype: str, impl: str) -> dict:
-    b, s, t, d = 1, 32, 131072, 16
-    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(1), 3)
+def bench_score_select(s: int) -> dict:
+    """B=1, S heads, T, d'=16 bf16 keys: the scoring einsum alone, a multiply-sum form of it,
+    the selection alone, score_and_select (hist), and scoring + the sampled select."""
+    b, d = 1, 16
+    k1, k2 = jax.random.split(jax.random.PRNGKey(1))
     q = jax.random.normal(k1, (b, s, d), jnp.bfloat16)
-    kf = jax.random.normal(k2, (b, s, t, d), jnp.float32)
-    scale = None
-    if kdtype == "int8":
-        kimp = jnp.clip(jnp.round(kf * 32), -127, 127).astype(jnp.int8)
-        scale = jax.random.uniform(k3, (b, s, t), jnp.float32, 0.5, 1.5) / 32
-    else:
-        kimp = kf.astype(jnp.bfloat16)
-    lengths = jnp.full((b,), t, jnp.int32)
+    kimp = jax.random.normal(k2, (b, s, T, d), jnp.bfloat16)
+    lengths = jnp.full((b,), T, jnp.int32)
+    rows = jnp.full((b * s,), T, jnp.int32)
 
-    def fn(qq):
-        return score_and_select(qq, kimp, lengths, K, k_scale=scale, n_sink=4, n_recent=64,
-                                implementation=impl)[0]
+    def einsum(qq):
+        return importance_scores(qq, kimp)
 
-    return {"rows": s, "T": t, "k_dtype": kdtype, "impl": impl, "us": _amortised_us(fn, q)}
+    def mulsum(qq):
+        return jnp.sum(qq[:, :, None, :].astype(jnp.float32) * kimp.astype(jnp.float32), -1)
+
+    scores = einsum(q).reshape(b * s, T)
+    res = {"rows": s, "T": T, "k_bytes_MB": kimp.size * 2 / 1e6,
+           "einsum_us": _amortised_us(einsum, q), "mulsum_us": _amortised_us(mulsum, q),
+           "select_hist_us": _amortised_us(
+               lambda x: topk_select(x, K, rows, implementation="pallas", **KW)[0], scores),
+           "score_and_select_us": _amortised_us(
+               lambda qq: score_and_select(qq, kimp, lengths, K, implementation="pallas",
+                                           **KW)[0], q)}
+    res["einsum_then_sampled_us"] = _try(_amortised_us, lambda qq: topk_select(
+        einsum(qq).reshape(b * s, T), K, rows, implementation="pallas", method="sampled",
+        **KW)[0], q)
+    res["mulsum_then_hist_us"] = _amortised_us(lambda qq: topk_select(
+        mulsum(qq).reshape(b * s, T), K, rows, implementation="pallas", **KW)[0], q)
+    return res
 
 
 def main() -> None:
-    do_sweep = "--sweep" in sys.argv[1:]
     out = Path(os.environ.get("OUT", "."))
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
+    commit = os.environ.get("COMMIT") or subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+        cwd=Path(__file__).parent).stdout.strip()
+    read_bw, copy_bw = read_bandwidth(), copy_bandwidth()
+    print(f"read {read_bw / 1e12:.2f} TB/s, copy {copy_bw / 1e12:.2f} TB/s", flush=True)
     meta = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "commit": commit,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": "PYTHONUNBUFFERED=1 python bench/select_topk.py" + " --sweep" * do_sweep,
-            "k": K, "iters": ITERS}
-    sw = sweep_sampled() if do_sweep else []  # first: the most informative part of a cut-short run
+            "command": "PYTHONUNBUFFERED=1 python -m bench.select_topk", "k": K, "iters": ITERS,
+            "read_bandwidth_TBps": read_bw / 1e12, "copy_bandwidth_TBps": copy_bw / 1e12}
     sel = []
-    for t in (32768, 65536, 131072):
-        for rows in (8, 32):
-            for dtype in (jnp.float32, jnp.bfloat16):
-                r = bench_select(rows, t, dtype)
-                print(json.dumps(r), flush=True)
-                sel.append(r)
-    ss = []
-    for kd in ("bf16", "int8"):
-        for impl in ("pallas", "xla"):
-            r = bench_score_select(kd, impl)
+    for rows in (8, 32):
+        for dtype in (jnp.float32, jnp.bfloat16):
+            r = bench_select(rows, dtype, read_bw)
             print(json.dumps(r), flush=True)
-            ss.append(r)
-    lines = [f"# Token selection, k={K} ({meta['device']}, jax {meta['jax']}, {meta['date']}, "
-             f"commit {commit})", "", f"Command: `{meta['command']}`; us per call, "
-             f"{ITERS} dependent calls in one jit. n_sink=4, n_recent=64.", "",
-             "| rows x T | dtype | sampled | radix | radix passes alone | xla reference "
-             "| lax.top_k | rows on sampled path | exact (sampled / radix) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
-    for r in sel:
-        lines.append(f"| {r['rows']} x {r['T']} | {r['dtype']} | {r['sampled_us']:.1f} | "
-                     f"{r['radix_us']:.1f} | {r['radix_passes_only_us']:.1f} | "
-                     f"{r['xla_reference_us']:.1f} | {r['lax_top_k_us']:.1f} | "
-                     f"{r['sampled_rows_ok']}/{r['rows']} | {r['sampled_exact']} / {r['radix_exact']} |")
-    lines += ["", "score_and_select, B=1, S=32, T=131072, d'=16:", "",
-              "| keys | impl | us |", "|---|---|---:|"]
-    lines += [f"| {r['k_dtype']} | {r['impl']} | {r['us']:.1f} |" for r in ss]
-    if sw:
-        lines += ["", "Sampled path alone, 32 x 131072 f32, plan overrides:", "",
-                  "| overrides | us | rows ok | exact |", "|---|---:|---:|---|"]
-        lines += [f"| {r['overrides'] or 'default'} | {r['us']:.1f} | {r['rows_ok']} | {r['exact']} |"
-                  for r in sw]
-    text = "\n".join(lines) + "\n"
+            sel.append(r)
+    ss = []
+    for s in (8, 32):
+        r = bench_score_select(s)
+        print(json.dumps(r), flush=True)
+        ss.append(r)
+    text = _markdown(meta, sel, ss)
     print(text)
     out.mkdir(parents=True, exist_ok=True)
     (out / "select.md").write_text(text)
-    (out / "select.json").write_text(json.dumps({**meta, "select": sel, "score_select": ss, "sweep": sw},
+    (out / "select.json").write_text(json.dumps({**meta, "select": sel, "score_select": ss},
                                                 indent=1))
 
 
+def _markdown(meta: dict, sel: list[dict], ss: list[dict]) -> str:
+    var = ["hist_" + "_".join(f"{a}{b}" for a, b in ov.items()) for ov in HIST_VARIANTS]
+    lines = [f"# Token selection, k={K} of T={T} ({meta['device']}, jax {meta['jax']}, "
+             f"{meta['date']}, commit {meta['commit']})", "",
+             f"Command: `{meta['command']}`; us per call, {ITERS} dependent calls in one jit; "
+             f"n_sink=4, n_recent=64. Floor: the scores read once at the read bandwidth "
+             f"{meta['read_bandwidth_TBps']:.2f} TB/s (copy {meta['copy_bandwidth_TBps']:.2f} "
+             f"TB/s read+write).", "",
+             "| rows | dtype | floor | hist | sampled | radix | xla reference | lax.top_k "
+             "| exact (hist / sampled / radix) |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    f = lambda x: f"{x:.1f}" if isinstance(x, float) else str(x)  # noqa: E731
+    for r in sel:
+        lines.append(f"| {r['rows']} | {r['dtype']} | {f(r['floor_us'])} | {f(r['hist_us'])} | "
+                     f"{f(r['sampled_us'])} | {f(r['radix_us'])} | {f(r['xla_reference_us'])} | "
+                     f"{f(r['lax_top_k_us'])} | {r['hist_exact']} / {r['sampled_exact']} / "
+                     f"{r['radix_exact']} |")
+    lines += ["", "hist plan variants (us, exact):", "",
+              "| rows | dtype | " + " | ".join(var) + " |", "|---|---|" + "---|" * len(var)]
+    for r in sel:
+        lines.append(f"| {r['rows']} | {r['dtype']} | " + " | ".join(
+            f"{f(r[v + '_us'])} {r[v + '_exact']}" for v in var) + " |")
+    lines += ["", "score_and_select, B=1, T=131072, d'=16 bf16 keys (us):", "",
+              "| heads | keys MB | einsum | multiply-sum | select alone (hist) | score_and_select "
+              "| einsum + sampled | multiply-sum + hist |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in ss:
+        lines.append(f"| {r['rows']} | {r['k_bytes_MB']:.1f} | {f(r['einsum_us'])} | "
+                     f"{f(r['mulsum_us'])} | {f(r['select_hist_us'])} | "
+                     f"{f(r['score_and_select_us'])} | {f(r['einsum_then_sampled_us'])} | "
+                     f"{f(r['mulsum_then_hist_us'])} |")
+    return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

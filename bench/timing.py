@@ -1,5 +1,6 @@
-"""Timing helpers of the benchmarks: best-of-N wall time, and the device copy bandwidth that every
-"fraction of bandwidth" is relative to."""
+"""Timing helpers of the benchmarks: best-of-N wall time, and the device bandwidths that every
+floor is computed from: `read_bandwidth` (a read-only stream, the ceiling of decode, which mostly
+reads) and `copy_bandwidth` (read + write)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,13 @@ def best_seconds(fn, *args, repeats: int = 3) -> float:
     return best
 
 
+def _random(nbytes: int) -> jax.Array:
+    return jax.random.uniform(jax.random.PRNGKey(0), (nbytes // 4,), jnp.float32)
+
+
 def copy_bandwidth(nbytes: int = 2 << 30, reps: int = 20) -> float:
     """Bytes/s (read + write counted) of an elementwise pass over `nbytes`, dispatch amortised in a fori_loop."""
-    x = jnp.ones((nbytes // 4,), jnp.float32)
+    x = _random(nbytes)
 
     @jax.jit
     def loop(x):
@@ -31,3 +36,23 @@ def copy_bandwidth(nbytes: int = 2 << 30, reps: int = 20) -> float:
     seconds = best_seconds(loop, x, repeats=2)
     del x
     return 2 * nbytes * reps / seconds
+
+
+def read_bandwidth(nbytes: int = 2 << 30, reps: int = 20) -> float:
+    """Bytes/s of a read-only stream: a full sum over `nbytes` (f32), `reps` times in a fori_loop.
+
+    Each rep scales by a loop-dependent factor, so the reduction is not hoisted; it writes only a
+    scalar. The floor of a kernel that reads B bytes is B / read_bandwidth().
+    """
+    x = _random(nbytes).reshape(-1, 4096)
+
+    @jax.jit
+    def loop(x):
+        def body(i, acc):
+            return acc + jnp.sum(x * (1.0 + i.astype(jnp.float32) * 1e-7))
+        return jax.lax.fori_loop(0, reps, body, jnp.float32(0))
+
+    loop(x).block_until_ready()
+    seconds = best_seconds(loop, x, repeats=2)
+    del x
+    return nbytes * reps / seconds

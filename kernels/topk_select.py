@@ -62,16 +62,15 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from kernels._common import cdiv, next_power_of_2, resolve_implementation
+from kernels.hist_select import hist_select
 
-INVALID_KEY = np.int32(np.iinfo(np.int32).min)
-FORCED_KEY = np.int32(0x7FFF0000)  # low 16 bits zero: bf16 rows still resolve in 4 passes.
-_MAX_SCORE_KEY = np.int32(0x7FFE0000)  # only NaN keys lie outside [MIN, MAX]; clamp them.
-_MIN_SCORE_KEY = np.int32(np.iinfo(np.int32).min + 0x10000)
-_HI_ALL = np.int32(FORCED_KEY + 1)  # bracket bound above every key
+from kernels.select_keys import FORCED_KEY, INVALID_KEY, _HI_ALL, _MIN_SCORE_KEY
+from kernels.select_keys import check_select_args as _check
+from kernels.select_keys import select_keys as _keys
 _RADIX_BITS = 4
 _N_THRESH = 1 << _RADIX_BITS
 _BLOCK_T = 2048
-METHODS = ("auto", "sampled", "radix")
+METHODS = ("auto", "hist", "sampled", "radix")
 
 _SAMPLE = 4096  # sampled keys per row (guess kernel)
 _SAMPLE_CHUNK = 8  # contiguous keys per sample chunk: one 32-byte sector of f32 scores
@@ -128,36 +127,6 @@ def _plan(t: int, k: int, **overrides) -> _Plan:
                  chunk=min(_SAMPLE_CHUNK, sample), step=_STEP_BITS, guess_bits=_GUESS_BITS,
                  warps=4, small_warps=16)
     return plan._replace(**overrides)
-
-
-def _keys(scores: jax.Array, pos: jax.Array, lengths: jax.Array, n_sink: int, n_recent: int):
-    """Order-preserving int32 keys with forced / invalid tokens marked. scores [..., T] -> int32."""
-    bits = jax.lax.bitcast_convert_type(scores.astype(jnp.float32), jnp.int32)
-    key = bits ^ ((bits >> 31) & 0x7FFFFFFF)
-    if scores.dtype == jnp.bfloat16:
-        key = key & np.int32(-65536)  # negatives flipped their zero low half; clear it again
-    key = jnp.clip(key, _MIN_SCORE_KEY, _MAX_SCORE_KEY)
-    forced = (pos < n_sink) | (pos >= lengths - n_recent)
-    key = jnp.where(forced, FORCED_KEY, key)
-    return jnp.where(pos < lengths, key, INVALID_KEY)
-
-
-def _check(scores: jax.Array, k: int, lengths, n_sink: int, n_recent: int) -> jax.Array:
-    if scores.ndim != 2:
-        raise ValueError(f"scores must be [R, T], got shape {scores.shape}")
-    if scores.dtype not in (jnp.float32, jnp.bfloat16):
-        raise ValueError(f"scores must be float32 or bfloat16, got {scores.dtype}")
-    r, t = scores.shape
-    if not 0 < k <= t:
-        raise ValueError(f"k must be in [1, T={t}], got k={k}")
-    if n_sink < 0 or n_recent < 0 or n_sink + n_recent > k:
-        raise ValueError(f"need 0 <= n_sink, n_recent and n_sink + n_recent <= k={k}; "
-                         f"got n_sink={n_sink}, n_recent={n_recent}")
-    if lengths is None:
-        return jnp.full((r,), t, jnp.int32)
-    if lengths.shape != (r,):
-        raise ValueError(f"lengths must be [R={r}], got shape {lengths.shape}")
-    return lengths.astype(jnp.int32)
 
 
 # ----------------------------------------------------------------------------- sampled bracket
@@ -510,6 +479,9 @@ def _radix_select(scores, lengths, k, *, n_sink, n_recent, interpret):
 def _topk_select_pallas(scores, lengths, k, n_sink, n_recent, interpret, method="auto"):
     kw = dict(n_sink=n_sink, n_recent=n_recent, interpret=interpret)
     r, t = scores.shape
+    if method in ("auto", "hist"):
+        return hist_select(scores, k, lengths, n_sink=n_sink, n_recent=n_recent,
+                           interpret=interpret)
     if method == "radix" or t < _MIN_SAMPLED_T or (method == "auto" and r < _MIN_SAMPLED_ROWS):
         return _radix_select(scores, lengths, k, **kw)
     fast, ok = _sampled_select(scores, lengths, k, plan=_plan(t, k), **kw)
@@ -547,9 +519,10 @@ def topk_select(scores: jax.Array, k: int, lengths: jax.Array | None = None, *, 
     scores: [R, T] f32 or bf16 (-inf allowed); lengths: [R] int32 or None (= T); token t of row r
     is valid iff t < lengths[r]. Forced: [0, n_sink) and [length - n_recent, length), inside the
     K budget. The others are ranked by score, ties to the lower index.
-    method (Pallas only): "sampled" = sampled bracket select, falling back to the radix select
-    when its bracket fails for any row; "radix" = the radix select alone; "auto" = "sampled"
-    for >= 16 rows, else "radix". All are exact.
+    method (Pallas only): "hist" = the 256-way radix select with dot histograms
+    (`kernels.hist_select`; "auto", the default); "sampled" = sampled bracket select, falling
+    back to the radix select when its bracket fails for any row; "radix" = the 16-way radix
+    select. All are exact.
     Returns indices [R, K] int32 in ascending token order and valid [R, K] bool; slots past the
     row's count (fewer than K valid tokens) are valid=False with index 0.
     """

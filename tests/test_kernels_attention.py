@@ -1,4 +1,5 @@
-"""Pallas decode-attention kernels (CPU interpret mode) against their pure-JAX references."""
+"""Pallas decode-attention kernels against their pure-JAX references: interpret mode on CPU and
+compiled on a GPU (tests/kernel_test_base.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from kernels.sparse_decode_attention import (
     sparse_decode_attention,
     sparse_decode_attention_reference,
 )
+from tests.kernel_test_base import KERNEL_MODES, assert_close
 
 TOL = {jnp.float32: 2e-5, jnp.bfloat16: 2e-2}
 
@@ -34,10 +36,8 @@ def _selection(seed: int, b: int, hsel: int, n: int, t: int):
 
 
 def _close(out, ref, dtype):
-    assert out.dtype == ref.dtype == dtype
-    assert not np.isnan(np.asarray(out, np.float32)).any()
-    np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref, np.float32),
-                               atol=TOL[dtype], rtol=TOL[dtype])
+    assert out.dtype == dtype
+    assert_close(out, ref, TOL[dtype])
 
 
 # (b, hkv, g, t, d, k, per_head, dtype, block_k, num_splits)
@@ -51,11 +51,13 @@ SPARSE_CASES = [
 
 
 @pytest.mark.parametrize("b,hkv,g,t,d,k,per_head,dtype,block_k,num_splits", SPARSE_CASES)
-def test_sparse_matches_reference(b, hkv, g, t, d, k, per_head, dtype, block_k, num_splits):
+@pytest.mark.parametrize("interpret", KERNEL_MODES)
+def test_sparse_matches_reference(b, hkv, g, t, d, k, per_head, dtype, block_k, num_splits,
+                                  interpret):
     q, kc, vc = _inputs(b * 7 + g, b, hkv, g, t, d, dtype)
     idx, valid = _selection(t + k, b, hkv * g if per_head else hkv, k, t)
-    out = sparse_decode_attention(q, kc, vc, idx, valid, implementation="pallas", interpret=True,
-                                  block_k=block_k, num_splits=num_splits)
+    out = sparse_decode_attention(q, kc, vc, idx, valid, implementation="pallas",
+                                  interpret=interpret, block_k=block_k, num_splits=num_splits)
     ref = sparse_decode_attention_reference(q, kc, vc, idx, valid)
     _close(out, ref, dtype)
     g0 = 1 if per_head else g  # query heads covered by selection head 0 of batch 0
@@ -96,11 +98,12 @@ DENSE_CASES = [
 
 
 @pytest.mark.parametrize("b,hkv,g,t,d,lengths,dtype,block_k,num_splits", DENSE_CASES)
-def test_dense_matches_reference(b, hkv, g, t, d, lengths, dtype, block_k, num_splits):
+@pytest.mark.parametrize("interpret", KERNEL_MODES)
+def test_dense_matches_reference(b, hkv, g, t, d, lengths, dtype, block_k, num_splits, interpret):
     q, kc, vc = _inputs(t + g, b, hkv, g, t, d, dtype)
     lengths = jnp.asarray(lengths, jnp.int32)
-    out = dense_decode_attention(q, kc, vc, lengths, implementation="pallas", interpret=True,
-                                 block_k=block_k, num_splits=num_splits)
+    out = dense_decode_attention(q, kc, vc, lengths, implementation="pallas",
+                                 interpret=interpret, block_k=block_k, num_splits=num_splits)
     ref = dense_decode_attention_reference(q, kc, vc, lengths)
     _close(out, ref, dtype)
 
@@ -114,14 +117,15 @@ def test_dense_reference_matches_full_softmax():
     np.testing.assert_allclose(ref, jnp.einsum("bht,bhtd->bhd", p, vr), atol=1e-5)
 
 
-def test_dense_equals_sparse_over_all_tokens():
+@pytest.mark.parametrize("interpret", KERNEL_MODES)
+def test_dense_equals_sparse_over_all_tokens(interpret):
     q, kc, vc = _inputs(6, 1, 2, 4, 40, 32, jnp.float32)
     idx = jnp.broadcast_to(jnp.arange(40, dtype=jnp.int32), (1, 2, 40))
     valid = idx < 25
     sparse = sparse_decode_attention(q, kc, vc, idx, valid, implementation="pallas",
-                                     interpret=True, block_k=16)
+                                     interpret=interpret, block_k=16)
     dense = dense_decode_attention(q, kc, vc, jnp.array([25], jnp.int32), implementation="pallas",
-                                   interpret=True, block_k=16)
+                                   interpret=interpret, block_k=16)
     np.testing.assert_allclose(sparse, dense, atol=2e-5)
 
 

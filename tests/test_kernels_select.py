@@ -1,4 +1,6 @@
-"""topk_select / score_and_select / oracle_select (Pallas interpret mode and XLA) vs numpy exact top-K."""
+"""topk_select (hist / sampled / radix) / hist_select / score_and_select / oracle_select vs numpy
+exact top-K: Pallas in interpret mode on CPU and compiled on a GPU (tests/kernel_test_base.py),
+and the XLA reference."""
 
 from __future__ import annotations
 
@@ -6,9 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from kernels.hist_select import hist_plan, hist_select
 from kernels.score_select import (importance_scores, oracle_logits, oracle_select,
                                   score_and_select, score_and_select_reference)
 from kernels.topk_select import topk_select, topk_select_reference
+from tests.kernel_test_base import KERNEL_MODES
 
 
 def _exact(scores: np.ndarray, k: int, lengths: np.ndarray, n_sink: int, n_recent: int):
@@ -51,19 +55,73 @@ def _scores(rng, rows, t, kind):
     return s
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-@pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("impl", ["pallas", "xla"])
-def test_topk_select_exact(case, dtype, impl):
+def _case_inputs(case, dtype):
     rows, t, k, n_sink, n_recent, kind = case
-    rng = np.random.default_rng(hash((case, str(dtype))) % 2**32)
+    rng = np.random.default_rng(abs(hash((case, str(dtype)))) % 2**32)
     s = jnp.asarray(_scores(rng, rows, t, kind), dtype)
     # full length, shorter than K, shorter than sinks+window, random lengths < T
     lengths = np.array([t, k // 2, 3, *rng.integers(1, t, rows)][:rows], np.int32)
-    got = topk_select(s, k, jnp.asarray(lengths), n_sink=n_sink, n_recent=n_recent,
-                      implementation=impl, interpret=True)
-    _assert_matches(got, _exact(np.asarray(s.astype(jnp.float32)), k, lengths, n_sink,
-                                n_recent), k)
+    want = _exact(np.asarray(s.astype(jnp.float32)), k, lengths, n_sink, n_recent)
+    return s, jnp.asarray(lengths), want
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("method", ["hist", "sampled", "radix"])
+@pytest.mark.parametrize("interpret", KERNEL_MODES)
+def test_topk_select_exact(case, dtype, method, interpret):
+    s, lengths, want = _case_inputs(case, dtype)
+    _, _, k, n_sink, n_recent, _ = case
+    got = topk_select(s, k, lengths, n_sink=n_sink, n_recent=n_recent, implementation="pallas",
+                      interpret=interpret, method=method)
+    _assert_matches(got, want, k)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("case", CASES)
+def test_topk_select_xla_exact(case, dtype):
+    s, lengths, want = _case_inputs(case, dtype)
+    _, _, k, n_sink, n_recent, _ = case
+    got = topk_select(s, k, lengths, n_sink=n_sink, n_recent=n_recent, implementation="xla")
+    _assert_matches(got, want, k)
+
+
+def _hist_scores(rng, rows: int, t: int, k: int, kind: str) -> np.ndarray:
+    s = rng.standard_normal((rows, t)).astype(np.float32)
+    if kind == "ties_at_threshold":  # K - 50 clear winners, then 300 equal scores spread out
+        s = rng.uniform(-1.0, 0.0, (rows, t)).astype(np.float32)
+        for r in range(rows):
+            perm = rng.permutation(t)
+            s[r, perm[: k - 50]] = rng.uniform(2.0, 3.0, k - 50)
+            s[r, perm[k - 50: k + 250]] = 1.5
+    elif kind == "neg_inf":
+        s[0] = -np.inf  # a whole row
+        s[1, rng.random(t) < 0.97] = -np.inf  # fewer finite scores than K
+    elif kind == "all_equal":
+        s[:] = 0.25
+        s[1] = -np.inf
+    elif kind == "f32_low_bits":  # equal bf16 prefixes, order only in the low mantissa bits
+        s = (1.0 + rng.integers(0, 1 << 16, (rows, t)) * 2.0**-23).astype(np.float32)
+    return s
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties_at_threshold", "neg_inf", "all_equal",
+                                  "f32_low_bits"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("interpret", KERNEL_MODES)
+def test_hist_select_exact(kind, dtype, interpret):
+    """hist_select over several segments and blocks (T not a multiple of the block) against
+    exact top-K; rows: full, shorter than K, exactly K, shorter than the forced tokens."""
+    rng = np.random.default_rng(abs(hash((kind, str(dtype)))) % 2**32)
+    rows, t, k = 5, 1800, 400
+    s = jnp.asarray(_hist_scores(rng, rows, t, k, kind), dtype)
+    lengths = np.array([t, 1500, k // 2, k, 5], np.int32)
+    plan = hist_plan(rows, t, block=128, programs=40)
+    assert plan.n_seg > 1 and plan.seg > plan.block
+    want = _exact(np.asarray(s.astype(jnp.float32)), k, lengths, 3, 20)
+    got = hist_select(s, k, jnp.asarray(lengths), n_sink=3, n_recent=20, interpret=interpret,
+                      plan=plan)
+    _assert_matches(got, want, k)
 
 
 def test_reference_and_default_lengths():
@@ -71,11 +129,13 @@ def test_reference_and_default_lengths():
     s = jnp.asarray(rng.integers(0, 4, (2, 400)).astype(np.float32))
     want = _exact(np.asarray(s), 50, np.array([400, 400]), 0, 0)
     _assert_matches(topk_select(s, 50, implementation="pallas", interpret=True), want, 50)
+    _assert_matches(hist_select(s, 50, interpret=True), want, 50)
     _assert_matches(topk_select_reference(s, 50), want, 50)
 
 
 @pytest.mark.parametrize("kdtype", ["bf16", "int8"])
-def test_score_and_select(kdtype):
+@pytest.mark.parametrize("interpret", KERNEL_MODES)
+def test_score_and_select(kdtype, interpret):
     rng = np.random.default_rng(2)
     b, s, t, d, k = 2, 2, 600, 16, 40
     q = jnp.asarray(rng.standard_normal((b, s, d)), jnp.bfloat16)
@@ -86,7 +146,7 @@ def test_score_and_select(kdtype):
         kimp, scale = jnp.asarray(rng.standard_normal((b, s, t, d)), jnp.bfloat16), None
     lengths = jnp.asarray([t, 333], jnp.int32)
     got = score_and_select(q, kimp, lengths, k, k_scale=scale, n_sink=2, n_recent=8,
-                           implementation="pallas", interpret=True)
+                           implementation="pallas", interpret=interpret)
     ref = score_and_select_reference(q, kimp, lengths, k, k_scale=scale, n_sink=2, n_recent=8)
     for g, r in zip(got, ref):
         np.testing.assert_array_equal(np.asarray(g), np.asarray(r))
@@ -131,7 +191,8 @@ def test_errors():
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_sampled_path_exact_when_taken(dtype):
+@pytest.mark.parametrize("interpret", KERNEL_MODES)
+def test_sampled_path_exact_when_taken(dtype, interpret):
     """The sampled bracket path alone: on normal scores every row takes it and is exact; on
     heavy ties the rows it accepts are exact and `topk_select` (sampled, with radix fallback;
     auto; radix) is exact everywhere."""
@@ -144,7 +205,7 @@ def test_sampled_path_exact_when_taken(dtype):
         s = jnp.asarray(_scores(rng, rows, t, kind), dtype)
         want = _exact(np.asarray(s.astype(jnp.float32)), k, lengths, 2, 16)
         (idx, valid), ok = _sampled_select(s, jnp.asarray(lengths), k, n_sink=2, n_recent=16,
-                                           interpret=True, plan=_plan(t, k))
+                                           interpret=interpret, plan=_plan(t, k))
         ok = np.asarray(ok)
         if kind == "normal":
             assert ok.all()
@@ -152,5 +213,6 @@ def test_sampled_path_exact_when_taken(dtype):
             _assert_matches((idx[r:r + 1], valid[r:r + 1]), [want[r]], k)
         for method in ("auto", "sampled", "radix"):
             _assert_matches(topk_select(s, k, jnp.asarray(lengths), n_sink=2, n_recent=16,
-                                        implementation="pallas", interpret=True, method=method),
+                                        implementation="pallas", interpret=interpret,
+                                        method=method),
                             want, k)
