@@ -32,7 +32,7 @@ K = 8192
 T = 131072
 ITERS = 50
 KW = dict(n_sink=4, n_recent=64)
-HIST_VARIANTS = [dict(programs=512), dict(warps=8)]
+HIST_VARIANTS = [dict(programs=512), dict(warps=8), dict(onehot="bfloat16")]
 
 
 def _amortised_us(fn, x: jax.Array) -> float:
