@@ -46,7 +46,7 @@ def test_training_run_with_mixed_lengths(tmp_path) -> None:
     out = tmp_path / "run"
     cmd = [sys.executable, "train.py", "--config", "configs/train_tiny.yaml", f"train.output_dir={out}",
            "train.progress=false", "train.tensorboard=false", "train.steps=4", "train.query_chunk=32",
-           "data.seq_len=128", "data.batch_size=2", "data.mixed_lengths=[64,128]"]
+           "data.seq_len=128", "data.batch_size=2", "data.mixed_lengths=[64,128]", "train.loss_rows=64"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -121,3 +121,31 @@ def test_only_predictor_params_change(tmp_path) -> None:
     n_params = sum(x.size for x in jax.tree.leaves(params))
     n_adam = sum(x.size for x in jax.tree.leaves(state.opt_state) if x.ndim > 0)
     assert n_adam == 2 * n_params  # Adam moments for the predictor only, nothing for the LLM
+
+
+def test_loss_rows_pick_distinct_blocks_from_the_last_half_with_the_last_one() -> None:
+    from butler_jax.train.loss import loss_chunk_ids
+
+    assert loss_chunk_ids(jax.random.PRNGKey(0), 1024, 256, 0) is None
+    assert loss_chunk_ids(jax.random.PRNGKey(0), 1024, 256, 2048) is None
+    seen = set()
+    for seed in range(20):
+        ids = np.asarray(loss_chunk_ids(jax.random.PRNGKey(seed), 8192, 256, 2048))  # 8 of 32 blocks
+        assert len(ids) == 8 and len(set(ids.tolist())) == 8 and ids[-1] == 31
+        assert ids.min() >= 16
+        seen |= set(ids.tolist())
+    assert seen == set(range(16, 32))  # every block of the last half gets drawn
+
+
+def test_loss_on_chosen_blocks_equals_the_sum_of_those_blocks() -> None:
+    rng = np.random.default_rng(3)
+    b, t, hq, hkv, hd, dd, c = 1, 64, 4, 2, 8, 4, 16
+    q, k = (jnp.asarray(rng.normal(size=(b, t, h, hd)), jnp.float32) for h in (hq, hkv))
+    qi, ki = (jnp.asarray(rng.normal(size=(b, t, hq, dd)), jnp.float32) for _ in range(2))
+    pos = jnp.arange(t)[None]
+    ids = jnp.array([1, 3])
+    chosen = layer_terms(q, k, qi, ki, pos, c, "kl", chunk_ids=ids)
+    parts = [layer_terms(q, k, qi, ki, pos, c, "kl", chunk_ids=jnp.array([i])) for i in (1, 3)]
+    for field in chosen._fields:
+        np.testing.assert_allclose(getattr(chosen, field), sum(getattr(p, field) for p in parts), rtol=1e-5)
+    assert int(chosen.loss_count) == 2 * c * hq  # KL: one term per (row, head) of the two blocks

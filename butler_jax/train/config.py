@@ -67,6 +67,7 @@ class TrainConfig:
     loss: Literal["mse", "kl"] = "mse"
     loss_region: Literal["causal", "full"] = "causal"  # "full": the paper's L x L quirk (MSE only)
     query_chunk: int = 256  # query rows per teacher-logit block (divides data.seq_len)
+    loss_rows: int = 0  # query rows a sequence the loss uses, in whole blocks from its last half (0: all)
     top_fraction: float = 0.5  # accuracy: is the key in the true top fraction of its row
     metric_row_stride: int = 8  # accuracy / hit rate on every n-th query row (each needs a row sort)
     seed: int = 0  # predictor init and dropout
@@ -85,6 +86,9 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
+        if self.loss_rows < 0 or self.loss_rows % self.query_chunk:
+            raise ConfigError(f"train.loss_rows={self.loss_rows} must be 0 (all rows) or a positive multiple "
+                              f"of train.query_chunk={self.query_chunk}")
         if self.learning_rate <= 0:
             raise ConfigError(f"train.learning_rate={self.learning_rate} must be > 0")
         if not 0 <= self.warmup_fraction < 1:

@@ -84,13 +84,29 @@ def _chunks(x: jnp.ndarray, chunk: int) -> jnp.ndarray:
     return jnp.moveaxis(x.reshape(b, t // chunk, chunk, *x.shape[2:]), 1, 0)
 
 
+def loss_chunk_ids(rng: jax.Array, seq_len: int, chunk: int, rows: int) -> jnp.ndarray | None:
+    """Query blocks the loss uses when it keeps at most `rows` rows a sequence (None: all blocks).
+
+    As the long-context recipe samples its rows: blocks drawn without replacement from the last half
+    of the sequence (or the last `rows` rows, if more), the last block always among them -> int32 [n].
+    """
+    total = seq_len // min(chunk, seq_len)
+    n = min(max(rows // chunk, 1), total) if rows else total
+    if n == total:
+        return None
+    pool = max(total // 2, n) - 1  # blocks before the last one that may be drawn
+    drawn = jax.random.choice(rng, pool, (n - 1,), replace=False) + (total - 1 - pool)
+    return jnp.concatenate([drawn, jnp.array([total - 1])]).astype(jnp.int32)
+
+
 def layer_terms(q: jnp.ndarray, k: jnp.ndarray, qi: jnp.ndarray, ki: jnp.ndarray, positions: jnp.ndarray,
                 chunk: int, loss: str = "mse", region: str = "causal", fraction: float = 0.5,
-                metric_stride: int = 1) -> LayerTerms:
-    """Loss and metric sums of one consumer layer over all query blocks.
+                metric_stride: int = 1, chunk_ids: jnp.ndarray | None = None) -> LayerTerms:
+    """Loss and metric sums of one consumer layer over its query blocks (all, or `chunk_ids`).
 
     q: [B, T, Hq, hd], k: [B, T, Hkv, hd] (teacher, gradients stopped); qi: [B, T, H, d'],
-    ki: [B, T, H or Hkv, d'] (student importance queries / keys, H = Hq); positions: [B, T].
+    ki: [B, T, H or Hkv, d'] (student importance queries / keys, H = Hq); positions: [B, T];
+    chunk_ids: int32 [n] indices of the query blocks of `chunk` rows to use (None: every block).
     """
     q, k = jax.lax.stop_gradient(q), jax.lax.stop_gradient(k)
     chunk = min(chunk, q.shape[1])
@@ -102,5 +118,8 @@ def layer_terms(q: jnp.ndarray, k: jnp.ndarray, qi: jnp.ndarray, ki: jnp.ndarray
         student = attention_logits(qi_c, ki)
         return block_terms(teacher, student, causal_mask(pos_c, positions), loss, region, fraction, metric_stride)
 
-    per_block = jax.lax.map(block, (_chunks(q, chunk), _chunks(qi, chunk), _chunks(positions, chunk)))
+    blocks = (_chunks(q, chunk), _chunks(qi, chunk), _chunks(positions, chunk))
+    if chunk_ids is not None:
+        blocks = tuple(x[chunk_ids] for x in blocks)
+    per_block = jax.lax.map(block, blocks)
     return LayerTerms(*(x.sum() for x in per_block))

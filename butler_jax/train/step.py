@@ -18,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from butler_jax.attention import causal_attention
 from butler_jax.models.llama import LayerInputs, LlamaForCausalLM
 from butler_jax.train.config import TrainConfig
-from butler_jax.train.loss import LayerTerms, layer_terms
+from butler_jax.train.loss import LayerTerms, layer_terms, loss_chunk_ids
 from butler_jax.train.mesh import batch_sharding
 from butler_jax.train.optim import lr_schedule
 from butler_jax.train.student import Student
@@ -37,6 +37,8 @@ def forward_terms(model: LlamaForCausalLM, student: Student, cfg: TrainConfig, p
     """Per-consumer-layer terms, stacked: each field [n_consumers]. tokens: int32 [B, T]."""
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
     consumers = set(student.consumer_layers)
+    chunk_ids = loss_chunk_ids(jax.random.fold_in(rng, model.cfg.num_hidden_layers), tokens.shape[1],
+                               cfg.query_chunk, cfg.loss_rows)
 
     def attend(layer: int, x: LayerInputs, carry: tuple[Any, tuple[LayerTerms, ...]]):
         state, terms = carry
@@ -45,7 +47,7 @@ def forward_terms(model: LlamaForCausalLM, student: Student, cfg: TrainConfig, p
         if layer in consumers:
             qi, ki = scores
             terms = terms + (layer_terms(x.q, x.k, qi, ki, x.positions, cfg.query_chunk, cfg.loss,
-                                         cfg.loss_region, cfg.top_fraction, cfg.metric_row_stride),)
+                                         cfg.loss_region, cfg.top_fraction, cfg.metric_row_stride, chunk_ids),)
         return out, (state, terms)
 
     frozen = jax.lax.stop_gradient(frozen_params)
