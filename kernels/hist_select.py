@@ -167,14 +167,14 @@ def _emit_kernel(s_ref, len_ref, *refs, t, k, plan, levels, keys_fn):
 
     jax.lax.fori_loop(0, n_blocks, body, (slot0, tie0))
 
-    def zero(j, _):  # the last segment's program clears the slots past the row's count
+    def zero(j, carry):  # the last segment's program clears the slots past the row's count
         slot = total + j * plan.block + jnp.arange(plan.block, dtype=jnp.int32)
         keep = slot < k
         plgpu.store(o_ref.at[jnp.where(keep, slot, k)], jnp.zeros_like(slot), mask=keep)
-        return 0
+        return carry
 
     n_zero = jnp.where(s == plan.n_seg - 1, (k - total + plan.block - 1) // plan.block, 0)
-    jax.lax.fori_loop(0, n_zero, zero, 0)
+    jax.lax.fori_loop(0, n_zero, zero, jnp.int32(0))
 
 
 def hist_select(scores: jax.Array, k: int, lengths: jax.Array | None = None, *, n_sink: int = 0,

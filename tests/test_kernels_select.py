@@ -4,6 +4,7 @@ and the XLA reference."""
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -216,3 +217,16 @@ def test_sampled_path_exact_when_taken(dtype, interpret):
                                         implementation="pallas", interpret=interpret,
                                         method=method),
                             want, k)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_hist_select_lowers_for_cuda(dtype):
+    """The Pallas Triton lowering of hist_select at the decode shape, on any host (catches
+    lowering errors that interpret mode cannot, e.g. a loop carry that is not a traced value)."""
+    export = pytest.importorskip("jax.export")
+    spec = jax.ShapeDtypeStruct((8, 131072), dtype)
+    lengths = jax.ShapeDtypeStruct((8,), jnp.int32)
+    fn = jax.jit(lambda s, n: hist_select(s, 8192, n, n_sink=4, n_recent=64))
+    exported = export.export(fn, platforms=["cuda"], disabled_checks=[
+        export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(spec, lengths)
+    assert exported.mlir_module().count("xla.gpu.triton") >= 3
