@@ -1,21 +1,30 @@
 """TokenButler predictor scoring + top-K selection, and the Oracle's selection from true logits.
 
-Scoring is not fused into the radix passes: each pass would re-read the importance keys
-([B, S, T, d'] bf16 = 32x larger than the f32 scores at d'=16), so the keys are read once by an
-XLA einsum (a memory-bound matvec XLA already runs near bandwidth) into f32 scores [B*S, T],
-and `topk_select` then reads those small scores a few times. Measured on the H100 at
-B=1, S=32, T=131072 with the radix select (2026-11-24): 219 us (bf16 keys) / 210 us (int8)
-against 164 us for the selection alone, so the einsum's ~50 us is near the 134 MB read's
-bandwidth floor (~45 us). With the sampled select (2026-11-26) it measured 330 us although the
-selection alone takes 106 us: not yet explained (bench/results/select_h100.md).
+Scoring reads the importance keys once ([B, S, T, d'] bf16 or int8: 32x / 16x more bytes than
+the f32 scores at d'=16) and writes f32 scores [B*S, T]; `topk_select` then reads those small
+scores (L2-resident at decode sizes). On a GPU (`implementation` "pallas" / "auto") scoring is a
+Pallas kernel (`_score_pallas`: one program per (row, 4096-token block), products and the sum
+over d' in f32), elsewhere the XLA einsum (`importance_scores`).
+
+The `score_and_select` anomaly (H200, B=1, S=32, T=131072: 301-381 us where scoring ~30-50 us +
+selection ~106 us were expected; H100 330 us): the bench (`python -m bench.select_topk`) times
+the einsum, a multiply-sum form, the Pallas scorer, the selection alone and each composition in
+one run; bench/results/select_h200.md records what it showed.
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
 
+from kernels._common import resolve_implementation
 from kernels.topk_select import topk_select, topk_select_reference
+
+_SCORE_BLOCK = 4096  # tokens per scoring program
 
 
 def _check_lengths(lengths: jax.Array, b: int) -> None:
@@ -23,17 +32,59 @@ def _check_lengths(lengths: jax.Array, b: int) -> None:
         raise ValueError(f"lengths must be [B={b}], got shape {lengths.shape}")
 
 
-def importance_scores(q_imp: jax.Array, k_imp: jax.Array,
-                      k_scale: jax.Array | None = None) -> jax.Array:
-    """q_imp [B, S, d'], k_imp [B, S, T, d'] (bf16, or int8 with k_scale [B, S, T]) -> [B, S, T] f32."""
+def importance_scores(q_imp: jax.Array, k_imp: jax.Array, k_scale: jax.Array | None = None, *,
+                      implementation: str = "xla", interpret: bool = False) -> jax.Array:
+    """q_imp [B, S, d'], k_imp [B, S, T, d'] (bf16, or int8 with k_scale [B, S, T]) -> [B, S, T] f32.
+
+    implementation "xla" (default): the einsum; "pallas" / "auto" on a GPU: the Pallas scorer
+    where T is a multiple of its block and d' a power of 2 >= 16 (else the einsum).
+    """
+    _check_scoring(q_imp, k_imp, k_scale)
+    b, s, t, d = k_imp.shape
+    fits = t % _SCORE_BLOCK == 0 and d >= 16 and d & (d - 1) == 0
+    if fits and resolve_implementation(implementation, interpret) == "pallas":
+        return _score_pallas(q_imp, k_imp, k_scale, interpret).reshape(b, s, t)
+    s = jnp.einsum("bsd,bstd->bst", q_imp.astype(jnp.float32), k_imp.astype(jnp.float32))
+    return s if k_scale is None else s * k_scale.astype(jnp.float32)
+
+
+def _check_scoring(q_imp, k_imp, k_scale) -> None:
     if q_imp.ndim != 3 or k_imp.ndim != 4 or k_imp.shape[:2] != q_imp.shape[:2] \
             or k_imp.shape[3] != q_imp.shape[2]:
         raise ValueError(f"need q_imp [B, S, d'] and k_imp [B, S, T, d'], got {q_imp.shape} "
                          f"and {k_imp.shape}")
     if (k_imp.dtype == jnp.int8) != (k_scale is not None):
         raise ValueError(f"k_scale must be given exactly when k_imp is int8 (k_imp {k_imp.dtype})")
-    s = jnp.einsum("bsd,bstd->bst", q_imp.astype(jnp.float32), k_imp.astype(jnp.float32))
-    return s if k_scale is None else s * k_scale.astype(jnp.float32)
+
+
+def _score_kernel(q_ref, k_ref, *refs, scaled: bool):
+    """One (row, token block): q_ref [d'], k_ref [N, d'] (, scale_ref [N]) -> o_ref [N] f32."""
+    o_ref = refs[-1]
+    s = jnp.sum(k_ref[...].astype(jnp.float32) * q_ref[...].astype(jnp.float32)[None, :], axis=1)
+    o_ref[...] = s * refs[0][...] if scaled else s
+
+
+@functools.partial(jax.jit, static_argnames=("interpret",))
+def _score_pallas(q_imp, k_imp, k_scale, interpret: bool):
+    """Pallas scoring: q_imp [B, S, d'], k_imp [B, S, T, d'] (, k_scale [B, S, T]) -> [B*S, T]."""
+    b, s, t, d = k_imp.shape
+    r = b * s
+    n = _SCORE_BLOCK
+    ins = [q_imp.reshape(r, d), k_imp.reshape(r, t, d)]
+    specs = [pl.BlockSpec((None, d), lambda i, j: (i, 0)),
+             pl.BlockSpec((None, n, d), lambda i, j: (i, j, 0))]
+    if k_scale is not None:
+        ins.append(k_scale.reshape(r, t).astype(jnp.float32))
+        specs.append(pl.BlockSpec((None, n), lambda i, j: (i, j)))
+    return pl.pallas_call(
+        functools.partial(_score_kernel, scaled=k_scale is not None),
+        grid=(r, t // n),
+        in_specs=specs,
+        out_specs=pl.BlockSpec((None, n), lambda i, j: (i, j)),
+        out_shape=jax.ShapeDtypeStruct((r, t), jnp.float32),
+        compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=2),
+        interpret=interpret, name="importance_scores",
+    )(*ins)
 
 
 def score_and_select(q_imp: jax.Array, k_imp: jax.Array, lengths: jax.Array, k: int, *,
@@ -47,7 +98,8 @@ def score_and_select(q_imp: jax.Array, k_imp: jax.Array, lengths: jax.Array, k: 
     """
     b, s, t = k_imp.shape[:3]
     _check_lengths(lengths, b)
-    scores = importance_scores(q_imp, k_imp, k_scale).reshape(b * s, t)
+    scores = importance_scores(q_imp, k_imp, k_scale, implementation=implementation,
+                               interpret=interpret).reshape(b * s, t)
     idx, valid = topk_select(scores, k, jnp.repeat(lengths.astype(jnp.int32), s),
                              n_sink=n_sink, n_recent=n_recent, implementation=implementation,
                              interpret=interpret)

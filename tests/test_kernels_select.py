@@ -230,3 +230,32 @@ def test_hist_select_lowers_for_cuda(dtype):
     exported = export.export(fn, platforms=["cuda"], disabled_checks=[
         export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(spec, lengths)
     assert exported.mlir_module().count("xla.gpu.triton") >= 3
+    q = jax.ShapeDtypeStruct((1, 8, 16), jnp.bfloat16)
+    kimp = jax.ShapeDtypeStruct((1, 8, 131072, 16), jnp.bfloat16)
+    fn = jax.jit(lambda q, kk: importance_scores(q, kk, implementation="pallas"))
+    export.export(fn, platforms=["cuda"], disabled_checks=[
+        export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(q, kimp)
+
+
+@pytest.mark.parametrize("kdtype", ["bf16", "int8"])
+@pytest.mark.parametrize("interpret", KERNEL_MODES)
+def test_pallas_scores_and_selection(kdtype, interpret):
+    """The Pallas scorer (T a multiple of its 4096-token block) against the einsum, and
+    score_and_select on it against exact top-K of its own scores."""
+    rng = np.random.default_rng(5)
+    b, s, t, d, k = 1, 2, 8192, 16, 300
+    q = jnp.asarray(rng.standard_normal((b, s, d)), jnp.bfloat16)
+    if kdtype == "int8":
+        kimp = jnp.asarray(rng.integers(-127, 128, (b, s, t, d)), jnp.int8)
+        scale = jnp.asarray(rng.uniform(0.5, 1.5, (b, s, t)), jnp.float32)
+    else:
+        kimp, scale = jnp.asarray(rng.standard_normal((b, s, t, d)), jnp.bfloat16), None
+    scores = np.asarray(importance_scores(q, kimp, scale, implementation="pallas",
+                                          interpret=interpret)).reshape(b * s, t)
+    np.testing.assert_allclose(scores, np.asarray(importance_scores(q, kimp, scale)).reshape(
+        b * s, t), rtol=1e-5, atol=1e-4)
+    lengths = jnp.asarray([7000], jnp.int32)
+    got = score_and_select(q, kimp, lengths, k, k_scale=scale, n_sink=2, n_recent=8,
+                           implementation="pallas", interpret=interpret)
+    want = _exact(scores, k, np.array([7000, 7000]), 2, 8)
+    _assert_matches(tuple(x.reshape(b * s, k) for x in got), want, k)
