@@ -194,7 +194,8 @@ def main() -> None:
         print(_fmt(results[-1]), flush=True)
     meta = {"device": dev.device_kind, "jax": jax.__version__, "python": platform.python_version(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "copy_bandwidth_TBps": copy_bw / 1e12, "read_bandwidth_TBps": bw / 1e12, "B": B, "Hkv": HKV, "D": D, "dtype": "bfloat16",
+            "copy_bandwidth_TBps": copy_bw / 1e12, "read_bandwidth_TBps": bw / 1e12,
+            "B": B, "Hkv": HKV, "D": D, "dtype": "bfloat16",
             "tuning": tuned if args.sweep else {}}
     (out / "kernels.json").write_text(json.dumps({"meta": meta, "results": results,
                                                    "sweeps": sweeps}, indent=1))
