@@ -1,4 +1,5 @@
-"""Helpers shared by the kernels: backend choice, split-K combine, online-softmax block."""
+"""Helpers shared by the kernels: backend choice, the decode-attention kernels' input checks,
+options and partial-result plumbing, split-K combine, online-softmax block."""
 
 from __future__ import annotations
 
@@ -33,6 +34,61 @@ def next_power_of_2(n: int) -> int:
 def cdiv(a: int, b: int) -> int:
     """Ceiling division of non-negative ints."""
     return -(-a // b)
+
+
+def check_qkv(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array) -> None:
+    """Decode-attention inputs q [B, Hq, D], k_cache = v_cache [B, Hkv, T, D] with Hkv | Hq;
+    raise ValueError naming the offending argument."""
+    if q.ndim != 3:
+        raise ValueError(f"q must be [B, Hq, D], got shape {q.shape}")
+    if k_cache.ndim != 4 or k_cache.shape != v_cache.shape:
+        raise ValueError(
+            f"k_cache and v_cache must both be [B, Hkv, T, D], got {k_cache.shape} and {v_cache.shape}"
+        )
+    if k_cache.dtype != v_cache.dtype:
+        raise ValueError(f"k_cache dtype {k_cache.dtype} != v_cache dtype {v_cache.dtype}")
+    b, hq, d = q.shape
+    bk, hkv, _, dk = k_cache.shape
+    if bk != b or dk != d or hq % hkv:
+        raise ValueError(f"q {q.shape} does not fit k_cache {k_cache.shape} (batch, head dim, GQA)")
+
+
+def attention_options(defaults: dict, tuning: dict, d: int) -> dict:
+    """Pallas tuning of a decode-attention kernel: defaults overridden by `tuning`, checked
+    (known names, power-of-2 head dim >= 16, power-of-2 block_k >= 16)."""
+    unknown = set(tuning) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown tuning options {sorted(unknown)}; known: {sorted(defaults)}")
+    opts = {**defaults, **tuning}
+    bk = opts["block_k"]
+    if d < 16 or d & (d - 1):
+        raise ValueError(f"the Pallas kernel needs a power-of-2 head dim >= 16, got D={d}")
+    if bk < 16 or bk & (bk - 1):
+        raise ValueError(f"block_k must be a power of 2 >= 16, got {bk}")
+    return opts
+
+
+def load_query(q_ref, rows: int, dtype) -> jax.Array:
+    """The query tile [Rp, D] of a program (padding rows >= `rows` read as 0), cast to `dtype`."""
+    rp, d = q_ref.shape
+    ok = jnp.broadcast_to((jnp.arange(rp) < rows)[:, None], (rp, d))
+    return plgpu.load(q_ref, mask=ok, other=0.0).astype(dtype)
+
+
+def softmax_init(rp: int, d: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Empty online-softmax carry (o [Rp, D], m [Rp] at a finite floor, l [Rp]), fp32."""
+    return (jnp.zeros((rp, d), jnp.float32), jnp.full((rp,), -1e30, jnp.float32),
+            jnp.zeros((rp,), jnp.float32))
+
+
+def store_partials(o_ref, m_ref, l_ref, carry, rows: int) -> None:
+    """Store a split's (o, m, l) carry; only the first `rows` of the padded Rp rows."""
+    o, m, l = carry
+    rp, d = o.shape
+    row_ok = jnp.arange(rp) < rows
+    plgpu.store(o_ref, o, mask=jnp.broadcast_to(row_ok[:, None], (rp, d)))
+    plgpu.store(m_ref, m, mask=row_ok)
+    plgpu.store(l_ref, l, mask=row_ok)
 
 
 _COMBINE_D_BLOCK = 32  # head-dim columns per combine program (keeps [S, R, 32] in registers).

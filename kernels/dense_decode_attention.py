@@ -18,8 +18,9 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from kernels._common import cdiv, combine_splits, next_power_of_2, online_softmax_step
-from kernels._common import resolve_implementation
+from kernels._common import (attention_options, cdiv, check_qkv, combine_splits,
+                             load_query, next_power_of_2, online_softmax_step,
+                             resolve_implementation, softmax_init, store_partials)
 
 _MIN_DOT_ROWS = 16  # Triton dot tiles need at least 16 rows; query rows are padded (masked).
 _TARGET_PROGRAMS = 128  # default split count aims at about this many programs (132 SMs).
@@ -28,18 +29,8 @@ _TUNING = {"block_k": 128, "num_splits": None, "num_warps": 8, "num_stages": 3}
 
 def _check_inputs(q, k_cache, v_cache, lengths) -> None:
     """Raise ValueError naming the offending argument when shapes or dtypes disagree."""
-    if q.ndim != 3:
-        raise ValueError(f"q must be [B, Hq, D], got shape {q.shape}")
-    if k_cache.ndim != 4 or k_cache.shape != v_cache.shape:
-        raise ValueError(
-            f"k_cache and v_cache must both be [B, Hkv, T, D], got {k_cache.shape} and {v_cache.shape}"
-        )
-    if k_cache.dtype != v_cache.dtype:
-        raise ValueError(f"k_cache dtype {k_cache.dtype} != v_cache dtype {v_cache.dtype}")
-    b, hq, d = q.shape
-    bk, hkv, _, dk = k_cache.shape
-    if bk != b or dk != d or hq % hkv:
-        raise ValueError(f"q {q.shape} does not fit k_cache {k_cache.shape} (batch, head dim, GQA)")
+    check_qkv(q, k_cache, v_cache)
+    b = q.shape[0]
     if lengths.shape != (b,) or lengths.dtype != jnp.int32:
         raise ValueError(f"lengths must be int32 [B={b}], got {lengths.dtype}{lengths.shape}")
 
@@ -80,9 +71,7 @@ def _dense_kernel(q_ref, k_ref, v_ref, len_ref, o_ref, m_ref, l_ref, *, rows, bl
     o_ref: [Rp, D], m_ref, l_ref: [Rp] (only the first `rows` are stored).
     """
     rp, d = q_ref.shape
-    row_ok = jnp.arange(rp) < rows
-    q = plgpu.load(q_ref, mask=jnp.broadcast_to(row_ok[:, None], (rp, d)), other=0.0)
-    q = q.astype(k_ref.dtype)
+    q = load_query(q_ref, rows, k_ref.dtype)
     start = pl.program_id(2) * split_len
     end = jnp.minimum(start + split_len, jnp.clip(len_ref[0], 0, k_ref.shape[0]))
 
@@ -95,16 +84,9 @@ def _dense_kernel(q_ref, k_ref, v_ref, len_ref, o_ref, m_ref, l_ref, *, rows, bl
         v = plgpu.load(v_ref.at[tile, :], mask=mask, other=0.0)
         return online_softmax_step(q, k, v, ok, carry, scale)
 
-    init = (
-        jnp.zeros((rp, d), jnp.float32),
-        jnp.full((rp,), -1e30, jnp.float32),
-        jnp.zeros((rp,), jnp.float32),
-    )
+    init = softmax_init(rp, d)
     n_blocks = jnp.maximum(end - start + block_k - 1, 0) // block_k
-    o, m, l = jax.lax.fori_loop(0, n_blocks, body, init)
-    plgpu.store(o_ref, o, mask=jnp.broadcast_to(row_ok[:, None], (rp, d)))
-    plgpu.store(m_ref, m, mask=row_ok)
-    plgpu.store(l_ref, l, mask=row_ok)
+    store_partials(o_ref, m_ref, l_ref, jax.lax.fori_loop(0, n_blocks, body, init), rows)
 
 
 def _dense_pallas(q, k_cache, v_cache, lengths, *, scale, interpret, block_k, num_splits, num_warps,
@@ -170,13 +152,5 @@ def dense_decode_attention(
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if resolve_implementation(implementation, interpret) == "xla":
         return dense_decode_attention_reference(q, k_cache, v_cache, lengths, scale=scale)
-    unknown = set(tuning) - set(_TUNING)
-    if unknown:
-        raise ValueError(f"unknown tuning options {sorted(unknown)}; known: {sorted(_TUNING)}")
-    opts = {**_TUNING, **tuning}
-    d, bk = q.shape[-1], opts["block_k"]
-    if d < 16 or d & (d - 1):
-        raise ValueError(f"the Pallas kernel needs a power-of-2 head dim >= 16, got D={d}")
-    if bk < 16 or bk & (bk - 1):
-        raise ValueError(f"block_k must be a power of 2 >= 16, got {bk}")
+    opts = attention_options(_TUNING, tuning, q.shape[-1])
     return _dense_pallas(q, k_cache, v_cache, lengths, scale=scale, interpret=interpret, **opts)

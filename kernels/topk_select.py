@@ -1,14 +1,15 @@
-"""Exact per-row top-K token selection (sampled bracket select, radix fallback) with sinks and a
-recent window.
+"""Exact per-row top-K token selection with sinks and a recent window: the 256-way histogram
+radix select (method="hist", "auto" = the default; `kernels.hist_select`), and the earlier
+sampled bracket select (radix fallback) and 16-way radix select, kept as methods.
 
 Every score maps to an order-preserving int32 key (f32 bits, negatives flipped); forced tokens
 (sinks [0, n_sink) and the window [length - n_recent, length)) get FORCED_KEY, above every score
 key; tokens at t >= length get INVALID_KEY (INT32_MIN), below every score key (-inf included).
-The selection is then "the K largest keys, ties by lower index, INVALID never taken". Both
+The selection is then "the K largest keys, ties by lower index, INVALID never taken". All
 methods find th, the K-th largest key of the row, and emit the keys > th plus the first
 (K - count above) keys == th by index, in ascending token order.
 
-Sampled bracket select (method="sampled", and "auto" (the default) for >= 16 rows; four Pallas
+Sampled bracket select (method="sampled"; four Pallas
 kernels, two reads of the row):
 
 1. Guess (grid (R,)): a stratified sample of `sample` keys over the row's valid tokens
@@ -34,7 +35,7 @@ tokens; `cap` holds 1.5x a segment's expected band (+4 std + 16) at the worst ba
 the lengths (K, T], `lanes` 1.25x a whole row's band at length T (its largest), so shorter rows
 stay on the fast path. Rows shorter than `_MIN_SAMPLED_T` tokens always use the radix path.
 
-Radix select (method="radix", "auto" for fewer than 16 rows, and the fallback):
+Radix select (method="radix", and the sampled path's fallback):
 
 1. Radix passes (Pallas): each pass reads the row once and counts, per row, the keys >= 16
    candidate thresholds sharing the prefix found so far, fixing 4 more bits of the K-th largest
@@ -42,6 +43,8 @@ Radix select (method="radix", "auto" for fewer than 16 rows, and the fallback):
 2. Compaction (Pallas, one more read): per-block counts (one fused XLA read) give each block
    its slot and tie offsets, and each block scatters its indices by an in-block cumsum.
 
+H200, 2026-12-02 (bench/results/select_h200.md): 8 x 131072 f32 sampled 87.7 us, radix 78.2;
+32 rows 105.8 / 161.2; lax.top_k 210 / 972.
 H100, 32 x 131072, K=8192 (bench/results/select_h100.md): sampled 106 us f32 / 90 us bf16,
 radix 170 / 107 us, lax.top_k 994 / 614 us; 8 rows: radix 87 / 53 us.
 
@@ -80,10 +83,6 @@ _GUESS_BITS = 20  # key bits the guess resolves for f32 (bf16 keys have 16)
 _SEGMENTS = 16  # target segments per row: programs per row of the bracket and emit passes
 _STEP_BITS = 2  # key bits per in-register search iteration (2**bits thresholds, one reduction)
 _MIN_SAMPLED_T = 256  # shorter rows go straight to the radix path
-# "auto" takes the sampled path from this many rows: its per-row guess / threshold kernels have
-# one program per row, so few rows leave the GPU idle (H200, 8 x 131072 f32: sampled 127 us vs
-# radix 84 us; 32 rows: 100 vs 176; bench/results/select_*.md).
-_MIN_SAMPLED_ROWS = 16
 
 
 class _Plan(NamedTuple):
@@ -478,11 +477,11 @@ def _radix_select(scores, lengths, k, *, n_sink, n_recent, interpret):
 @functools.partial(jax.jit, static_argnames=("k", "n_sink", "n_recent", "interpret", "method"))
 def _topk_select_pallas(scores, lengths, k, n_sink, n_recent, interpret, method="auto"):
     kw = dict(n_sink=n_sink, n_recent=n_recent, interpret=interpret)
-    r, t = scores.shape
+    t = scores.shape[1]
     if method in ("auto", "hist"):
         return hist_select(scores, k, lengths, n_sink=n_sink, n_recent=n_recent,
                            interpret=interpret)
-    if method == "radix" or t < _MIN_SAMPLED_T or (method == "auto" and r < _MIN_SAMPLED_ROWS):
+    if method == "radix" or t < _MIN_SAMPLED_T:
         return _radix_select(scores, lengths, k, **kw)
     fast, ok = _sampled_select(scores, lengths, k, plan=_plan(t, k), **kw)
     return jax.lax.cond(jnp.all(ok), lambda: fast,

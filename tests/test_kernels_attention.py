@@ -162,3 +162,20 @@ def test_bad_options_rejected():
         dense_decode_attention(q, kc, vc, lengths, implementation="pallas", block_q=4)
     with pytest.raises(ValueError, match="block_k must be a power of 2"):
         dense_decode_attention(q, kc, vc, lengths, implementation="pallas", block_k=24)
+
+
+def test_attention_kernels_lower_for_cuda():
+    """The Pallas Triton lowering of both kernels at the decode shape, on any host."""
+    from jax import export
+
+    q = jax.ShapeDtypeStruct((1, 32, 128), jnp.bfloat16)
+    cache = jax.ShapeDtypeStruct((1, 8, 4096, 128), jnp.bfloat16)
+    idx = jax.ShapeDtypeStruct((1, 8, 1024), jnp.int32)
+    ok = jax.ShapeDtypeStruct((1, 8, 1024), jnp.bool_)
+    lengths = jax.ShapeDtypeStruct((1,), jnp.int32)
+    checks = [export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
+    sparse = jax.jit(lambda *a: sparse_decode_attention(*a, implementation="pallas"))
+    dense = jax.jit(lambda *a: dense_decode_attention(*a, implementation="pallas"))
+    for fn, args in ((sparse, (q, cache, cache, idx, ok)), (dense, (q, cache, cache, lengths))):
+        mod = export.export(fn, platforms=["cuda"], disabled_checks=checks)(*args).mlir_module()
+        assert mod.count("xla.gpu.triton") == 2  # the attention kernel and combine_splits
