@@ -97,16 +97,17 @@ class ScoredPolicy:
         """Hook on a simulated selection keep [B, Hsel, Tq, Tk] (q_pos [B, Tq]); identity here."""
         return keep
 
+    def row_keep(self, params, layer: int, x: LayerInputs, rows: slice, logits: jnp.ndarray, carry: Any) -> jnp.ndarray:
+        """Simulated keep-mask [B, Hsel, Tq, T] of query rows `rows` (logits: theirs [B, Hq, Tq, T])."""
+        s, q_pos = self.settings, x.positions[:, rows]
+        scores = self.simulated_scores(params, layer, x, rows, logits, carry)
+        keep = simulated_keep(scores, q_pos, s.token_budget, s.n_sink, self.n_recent)
+        return self.widen_keep(keep, q_pos, x.k.shape[1])
+
     def simulate_layer(self, params, layer: int, x: LayerInputs, carry: Any) -> tuple[jnp.ndarray, Any, LayerStats]:
         """Decode-simulated attention of all rows of x (each row selects among its causal past)."""
         carry = self.observe_simulation(params, layer, x, carry)
-        s = self.settings
-
-        def keep_fn(rows: slice, logits: jnp.ndarray) -> jnp.ndarray:
-            q_pos = x.positions[:, rows]
-            scores = self.simulated_scores(params, layer, x, rows, logits, carry)
-            keep = simulated_keep(scores, q_pos, s.token_budget, s.n_sink, self.n_recent)
-            return self.widen_keep(keep, q_pos, x.k.shape[1])
-
-        out, stats = chunked_simulation(s, x, None if layer < s.dense_layers else keep_fn)
+        keep_fn = None if layer < self.settings.dense_layers else (
+            lambda rows, logits: self.row_keep(params, layer, x, rows, logits, carry))
+        out, stats = chunked_simulation(self.settings, x, keep_fn)
         return out, carry, stats

@@ -52,7 +52,7 @@ class SnapKVPolicy(EvictionPolicy):
         recent = max(n_forced, s.n_window)
         return simulated_keep(self.pool(votes, last - n_forced + 1), last, s.token_budget, s.n_sink, recent, kept)
 
-    def row_keep(self, x, rows: slice, logits: jnp.ndarray) -> jnp.ndarray:
+    def row_keep(self, params, layer: int, x, rows: slice, logits: jnp.ndarray, carry=None) -> jnp.ndarray:
         """Simulated keep-mask [B, Hsel, Tq, T] of query rows `rows` (logits: theirs [B, Hq, Tq, T]);
         row i reads the probabilities of rows i-w .. i-1 only."""
         w = self.window
@@ -99,6 +99,6 @@ class SnapKVPolicy(EvictionPolicy):
 
     # --- decode-simulated prefill --------------------------------------------------------------
     def simulate_layer(self, params, layer, x, carry):
-        keep_fn = None if self.is_dense(layer) else (lambda rows, logits: self.row_keep(x, rows, logits))
+        keep_fn = None if self.is_dense(layer) else (lambda rows, logits: self.row_keep(params, layer, x, rows, logits))
         out, stats = chunked_simulation(self.settings, x, keep_fn)
         return out, carry, stats
