@@ -23,8 +23,8 @@ import jax.numpy as jnp
 
 from butler_jax.config import ConfigError, ModelConfig, PredictorConfig
 from butler_jax.models.llama import LayerInputs
-from butler_jax.models.predictor import PaperPredictor
-from butler_jax.models.predictor_longctx import LongctxPredictor, producer_layers, serving
+from butler_jax.models.predictor import PaperPredictor, paper_param_count
+from butler_jax.models.predictor_longctx import LongctxPredictor, longctx_param_count, producer_layers, serving
 
 Scores = Optional[tuple[jnp.ndarray, jnp.ndarray]]  # (qi [B, T, H, d'], ki [B, T, H or Hkv, d'])
 PredictorModule = Union[PaperPredictor, LongctxPredictor]
@@ -78,6 +78,11 @@ class PredictorAdapter:
         if layer in self.producers:
             state = apply(layer, x.residual, method="queries")
         return state, scores
+
+
+def count_params(pcfg: PredictorConfig, mcfg: ModelConfig) -> int:
+    """Parameter count of the configured predictor kind (each module's own closed formula)."""
+    return paper_param_count(pcfg, mcfg) if pcfg.kind == "paper" else longctx_param_count(pcfg, mcfg)
 
 
 def make_adapter(module_or_config: PredictorModule | PredictorConfig, mcfg: ModelConfig | None = None) -> PredictorAdapter:
