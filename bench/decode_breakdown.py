@@ -121,9 +121,10 @@ class Bench:
         self.layer_params = [params[f"layers_{r}"] for r in range(rot)]
 
     # --- helpers ---------------------------------------------------------------------------------
-    def policy(self, kind: str, interval: int = 1, nf: bool = False, pparams=None):
+    def policy(self, kind: str, interval: int = 1, nf: bool = False):
+        """The static policy value; its params (the predictor's, or () for Oracle) are passed to each call."""
         m = Method(f"{kind}", kind, interval, nf)
-        return make_policy(m.sparsity(self.s, interval), self.cfg, (self.predictor, pparams))
+        return make_policy(m.sparsity(self.s, interval), self.cfg, (self.predictor, None))[0]
 
     def cache(self, kc=None, vc=None) -> KVCache:
         return KVCache((self.kc if kc is None else kc,), (self.vc if vc is None else vc,), self.lengths)
@@ -135,8 +136,8 @@ class Bench:
         """A TokenButler state with random importance keys/queries at decode step `step`."""
         @jax.jit
         def make(pp, key):
-            policy = self.policy("tokenbutler", interval, nf, pp)
-            st = policy.init_state(self.cfg, self.batch, self.capacity)
+            policy = self.policy("tokenbutler", interval, nf)
+            st = policy.init_state(pp, self.batch, self.capacity)
             ks = jax.random.split(key, len(st.cache) + 1)
             cache = tuple(jax.random.normal(k, a.shape, a.dtype) for k, a in zip(ks[1:], st.cache))
             query = jax.random.normal(ks[0], st.query.shape, st.query.dtype)
@@ -233,10 +234,10 @@ class Bench:
 
         @jax.jit
         def sets(pp, state, kc, vc):
-            policy = self.policy("tokenbutler", interval, nf, pp)
+            policy = self.policy("tokenbutler", interval, nf)
             out = []
             for layer in self.sparse_layers:
-                idx, ok, _ = policy.select(layer, self.layer_inputs(), self.cache(kc, vc), state)
+                idx, ok, _ = policy.select(pp, layer, self.layer_inputs(), self.cache(kc, vc), state)
                 out.append((idx, ok))
             return tuple(out)
 
@@ -311,11 +312,11 @@ class Bench:
 
         def step(carry, kc, vc):
             q, _ = carry
-            scores, _ = policy.decode_scores(0, self.layer_inputs(q=q), self.cache(kc, vc), ())
+            scores, _ = policy.decode_scores((), 0, self.layer_inputs(q=q), self.cache(kc, vc), ())
             return nudge(q, scores), scores
 
         scores0 = jnp.zeros((self.batch, self.hkv, self.capacity), jnp.float32)
-        return Op("oracle_scores", "Oracle decode_scores: true logits q.K over the cache, max over the group", "layer",
+        return Op("oracle_scores", "Oracle decode_scores: true attention q.K over the cache, probabilities summed over the group", "layer",
                   self.batch * self.capacity * self.kv_row(), 1, 1, step, (self.q + 0, scores0), (self.kc, self.vc))
 
     def op_oracle_select(self) -> Op:
@@ -323,7 +324,7 @@ class Bench:
 
         def step(carry, kc, vc):
             q, _, _ = carry
-            idx, ok, _ = policy.select(0, self.layer_inputs(q=q), self.cache(kc, vc), ())
+            idx, ok, _ = policy.select((), 0, self.layer_inputs(q=q), self.cache(kc, vc), ())
             return nudge(q, idx), idx, ok
 
         k = policy.k_max(self.capacity)
@@ -338,11 +339,11 @@ class Bench:
 
         def step(carry, pp, lengths):
             st, k, res = carry
-            policy = self.policy("tokenbutler", 1, False, pp)
+            policy = self.policy("tokenbutler", 1, False)
             k, res = nudge(k, st.query), nudge(res, st.query)
             cache = KVCache((), (), lengths)
             for layer in range(n_layers):
-                st = policy.observe_decode(layer, self.layer_inputs(k=k, residual=res), cache, st)
+                st = policy.observe_decode(pp, layer, self.layer_inputs(k=k, residual=res), cache, st)
             return st, k, res
 
         per_layer = tree_bytes(self.pparams) / n_layers
@@ -356,9 +357,9 @@ class Bench:
 
         def step(carry, pp, kc, vc):
             st, _ = carry
-            policy = self.policy("tokenbutler", 1, False, pp)
+            policy = self.policy("tokenbutler", 1, False)
             for layer in layers:
-                scores, _ = policy.decode_scores(layer, self.layer_inputs(), self.cache(kc, vc), st)
+                scores, _ = policy.decode_scores(pp, layer, self.layer_inputs(), self.cache(kc, vc), st)
                 st = st._replace(query=nudge(st.query, scores))
             return st, scores
 
@@ -370,7 +371,7 @@ class Bench:
     def op_select(self, dtype) -> Op:
         s = self.s
         budget = parse_budget(str(s.budget))
-        k_max = min(self.capacity, max(budget.max_kept(self.capacity), s.n_sink + s.n_window))
+        k_max = budget.max_kept(self.capacity)  # sinks and window inside the budget
         scores = self.rnd((self.batch, self.hkv, self.capacity), jnp.float32).astype(dtype)
 
         def step(carry, lengths):
@@ -387,7 +388,7 @@ class Bench:
     def op_nf_expand(self) -> Op | None:
         try:
             idx, ok = self._index_sets(False)
-            policy = self.policy("tokenbutler", REUSE_INTERVAL, True, self.pparams)
+            policy = self.policy("tokenbutler", REUSE_INTERVAL, True)
             expand = policy._expand  # the neighbour-fetch step of TokenButler's prediction
         except Exception as e:  # noqa: BLE001 - not implemented yet / renamed
             log(f"skip nf_expand: {type(e).__name__}: {str(e)[:200]}")
@@ -407,7 +408,7 @@ class Bench:
     def _op_tb_select(self, name: str, what: str, interval: int, nf: bool, step_no: int, floor: float) -> Op | None:
         try:
             state = self.tb_state(interval, nf, step=step_no)
-            k = self.policy("tokenbutler", interval, nf, self.pparams)
+            k = self.policy("tokenbutler", interval, nf)
         except Exception as e:  # noqa: BLE001
             log(f"skip {name}: {type(e).__name__}: {str(e)[:200]}")
             return None
@@ -417,9 +418,9 @@ class Bench:
 
         def step(carry, pp, kc, vc):
             st, _, _ = carry
-            policy = self.policy("tokenbutler", interval, nf, pp)
+            policy = self.policy("tokenbutler", interval, nf)
             for layer in layers:
-                idx, ok, st = policy.select(layer, self.layer_inputs(), self.cache(kc, vc), st)
+                idx, ok, st = policy.select(pp, layer, self.layer_inputs(), self.cache(kc, vc), st)
                 st = st._replace(query=nudge(st.query, idx))
             return st, idx, ok
 

@@ -223,15 +223,17 @@ def cache_spec(cfg: ModelConfig, batch: int, capacity: int) -> KVCache:
 
 
 def lower_decode(model, predictor, s: Settings, m: Method, params, pparams, batch: int, capacity: int, steps: int):
-    """Lower the whole generation (policy built and its state initialised inside the jit; the
-    cache donated and returned with its lengths reset, so calls can repeat)."""
+    """Lower the whole generation (the policy is a static value, the predictor params `pparams` a
+    traced argument, the state initialised inside the jit; the cache donated and returned with
+    its lengths reset, so calls can repeat)."""
     sparsity = m.sparsity(s)
 
     def run(p, pp, cache, first):
-        policy = make_policy(sparsity, s.cfg, (predictor, pp))
-        state = policy.init_state(s.cfg, batch, capacity)
+        policy, policy_params = make_policy(sparsity, s.cfg, (predictor, pp))  # a static policy; pp stays traced
+        state = policy.init_state(policy_params, batch, capacity)
         out, _, new = decode_loop(model, p, first, cache, state, jax.random.PRNGKey(0), policy=policy,
-                                  max_new_tokens=steps, sampling=SamplingConfig(), stop_tokens=(), return_cache=True)
+                                  max_new_tokens=steps, sampling=SamplingConfig(), stop_tokens=(), return_cache=True,
+                                  policy_params=policy_params)
         return out, new._replace(lengths=cache.lengths)
 
     first = jax.ShapeDtypeStruct((batch,), jnp.int32)

@@ -3,6 +3,10 @@
 Prompts of different lengths are right-padded internally, so every row's token i sits at
 position i and cache slot i; left-padded input is converted by `unpad`. Each row stops at its
 first stop token; the loop ends when all rows stopped or `max_new_tokens` were produced.
+
+The policy is a static argument (a hashable frozen dataclass: equal policies share one compiled
+program); its parameters `policy_params` and its state are traced arguments. The prompt's
+attention is `prompt_attention`, a decode step's is the policy's `attend`: one call each.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from butler_jax.cache import KVCache, check_capacity, init_cache, write_block, w
 from butler_jax.config import ModelConfig
 from butler_jax.models.llama import LayerInputs, LlamaForCausalLM
 from butler_jax.sampling import SamplingConfig, sample
-from butler_jax.sparsity.base import Policy
+from butler_jax.sparsity.base import Policy, PolicyParams
 from butler_jax.sparsity.dense import DensePolicy
 
 PAD_MULTIPLE = 64  # prompt lengths are padded to a multiple of this to limit recompilation
@@ -44,7 +48,16 @@ def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int = 0, multiple: int
     return tokens, np.array([len(p) for p in prompts], np.int32)
 
 
-def prefill(model: LlamaForCausalLM, params, tokens, lengths, cache: KVCache, policy: Policy, state):
+def prompt_attention(x: LayerInputs, lengths: jnp.ndarray) -> jnp.ndarray:
+    """Dense causal attention of the prompt block x [B, P, ...] (keys < lengths[b]), in query chunks."""
+    return jnp.concatenate([
+        causal_attention(x.q[:, s:s + PREFILL_CHUNK], x.k, x.v, x.positions[:, s:s + PREFILL_CHUNK], x.positions, k_lengths=lengths)
+        for s in range(0, x.q.shape[1], PREFILL_CHUNK)
+    ], axis=1)
+
+
+def prefill(model: LlamaForCausalLM, params, tokens, lengths, cache: KVCache, policy: Policy, state,
+            policy_params: PolicyParams = ()):
     """Run the prompt block, fill the cache and the policy state.
 
     tokens: [B, P] right-padded, lengths: [B] -> (logits at each row's last prompt token [B, V],
@@ -55,11 +68,8 @@ def prefill(model: LlamaForCausalLM, params, tokens, lengths, cache: KVCache, po
     def attend(layer: int, x: LayerInputs, carry):
         cache, state = carry
         cache = cache.replace_layer(layer, write_block(cache.k[layer], x.k), write_block(cache.v[layer], x.v))
-        out = jnp.concatenate([
-            causal_attention(x.q[:, s:s + PREFILL_CHUNK], x.k, x.v, x.positions[:, s:s + PREFILL_CHUNK], x.positions, k_lengths=lengths)
-            for s in range(0, x.q.shape[1], PREFILL_CHUNK)
-        ], axis=1)
-        state = policy.observe_prefill(layer, x, cache, lengths, state)
+        out = prompt_attention(x, lengths)
+        state = policy.observe_prefill(policy_params, layer, x, cache, lengths, state)
         return out, (cache, state)
 
     h, (cache, state) = model.apply({"params": params}, tokens, positions, attend, (cache, state), method="hidden")
@@ -68,7 +78,8 @@ def prefill(model: LlamaForCausalLM, params, tokens, lengths, cache: KVCache, po
     return logits, cache._replace(lengths=lengths.astype(jnp.int32)), state
 
 
-def decode_step(model: LlamaForCausalLM, params, token, cache: KVCache, policy: Policy, state):
+def decode_step(model: LlamaForCausalLM, params, token, cache: KVCache, policy: Policy, state,
+                policy_params: PolicyParams = ()):
     """One token per row at position cache.lengths -> (logits [B, V], cache, state)."""
     positions = cache.lengths[:, None]
 
@@ -76,7 +87,7 @@ def decode_step(model: LlamaForCausalLM, params, token, cache: KVCache, policy: 
         cache, state = carry
         cache = cache.replace_layer(layer, write_token(cache.k[layer], x.k, cache.lengths),
                                     write_token(cache.v[layer], x.v, cache.lengths))
-        out, state = policy.attend(layer, x, cache, state)
+        out, state = policy.attend(policy_params, layer, x, cache, state)
         return out, (cache, state)
 
     h, (cache, state) = model.apply({"params": params}, token[:, None], positions, attend, (cache, state), method="hidden")
@@ -96,7 +107,8 @@ class GenerationResult:
 
 
 def decode_loop(model: LlamaForCausalLM, params, first, cache: KVCache, state, key, *, policy: Policy,
-                max_new_tokens: int, sampling: SamplingConfig, stop_tokens: tuple[int, ...], return_cache: bool = False):
+                max_new_tokens: int, sampling: SamplingConfig, stop_tokens: tuple[int, ...], return_cache: bool = False,
+                policy_params: PolicyParams = ()):
     """Tokens [B, max_new_tokens] (first = the token sampled from prefill) and counts [B], in one
     while_loop (and the final cache when `return_cache`)."""
     batch = first.shape[0]
@@ -111,7 +123,7 @@ def decode_loop(model: LlamaForCausalLM, params, first, cache: KVCache, state, k
 
     def body(carry):
         step, out, done, count, cache, state, key = carry
-        logits, cache, state = decode_step(model, params, out[:, step - 1], cache, policy, state)
+        logits, cache, state = decode_step(model, params, out[:, step - 1], cache, policy, state, policy_params)
         key, sub = jax.random.split(key)
         token = jnp.where(done, 0, sample(logits, sub, sampling))
         out = out.at[:, step].set(token)
@@ -125,15 +137,16 @@ def decode_loop(model: LlamaForCausalLM, params, first, cache: KVCache, state, k
 
 
 @partial(jax.jit, static_argnames=("model", "policy", "max_new_tokens", "sampling", "stop_tokens", "capacity"))
-def _generate(model, params, tokens, lengths, key, *, policy, max_new_tokens, sampling, stop_tokens, capacity):
+def _generate(model, params, policy_params, tokens, lengths, key, *, policy, max_new_tokens, sampling, stop_tokens,
+              capacity):
     batch = tokens.shape[0]
     cache = init_cache(model.cfg, batch, capacity)
-    state = policy.init_state(model.cfg, batch, capacity)
-    logits, cache, state = prefill(model, params, tokens, lengths, cache, policy, state)
+    state = policy.init_state(policy_params, batch, capacity)
+    logits, cache, state = prefill(model, params, tokens, lengths, cache, policy, state, policy_params)
     key, sub = jax.random.split(key)
     first = sample(logits, sub, sampling)
     return decode_loop(model, params, first, cache, state, key, policy=policy, max_new_tokens=max_new_tokens,
-                       sampling=sampling, stop_tokens=stop_tokens)
+                       sampling=sampling, stop_tokens=stop_tokens, policy_params=policy_params)
 
 
 def generate(
@@ -143,6 +156,7 @@ def generate(
     max_new_tokens: int,
     *,
     policy: Policy | None = None,
+    policy_params: PolicyParams = (),
     sampling: SamplingConfig = SamplingConfig(),
     stop_tokens: Sequence[int] = (),
     capacity: int | None = None,
@@ -151,6 +165,7 @@ def generate(
 ) -> GenerationResult:
     """Generate up to `max_new_tokens` per prompt (token lists of any lengths) in one jitted loop.
 
+    `policy` (default dense) with its traced parameters `policy_params` (from `make_policy`).
     The cache holds `capacity` tokens per row (default: longest padded prompt + max_new_tokens);
     a prompt that does not fit raises CacheCapacityError. A row's stop token is kept in its output.
     `prompt_width` pads every prompt block to that many tokens (one compiled shape for calls with
@@ -166,7 +181,7 @@ def generate(
     check_capacity(capacity, int(lengths.max()), max_new_tokens)
     capacity = max(capacity, tokens.shape[1])
     out, count = _generate(
-        model, params, jnp.asarray(tokens), jnp.asarray(lengths), jax.random.PRNGKey(seed),
+        model, params, policy_params, jnp.asarray(tokens), jnp.asarray(lengths), jax.random.PRNGKey(seed),
         policy=policy or DensePolicy(), max_new_tokens=max_new_tokens, sampling=sampling,
         stop_tokens=tuple(int(t) for t in stop_tokens), capacity=capacity,
     )

@@ -1,4 +1,5 @@
-"""Neighbour fetching (reference §2.9) against a literal numpy transcription of the spec's steps."""
+"""Neighbour fetching against a literal numpy transcription of the release's steps (listed in
+butler_jax/sparsity/neighbors.py)."""
 
 from __future__ import annotations
 

@@ -30,19 +30,21 @@ def tiny():
     return LlamaForCausalLM(CFG), init_params(CFG, seed=1)
 
 
-def policy_for(section: SparsityConfig):
-    """make_policy with a random paper predictor for TokenButler."""
-    return make_policy(section, CFG, (PaperPredictor(PCFG, CFG), init_predictor(PCFG, CFG, seed=7)))
+def policy_for(section: SparsityConfig, seed: int = 7):
+    """make_policy with a random paper predictor for TokenButler -> (policy, policy params)."""
+    return make_policy(section, CFG, (PaperPredictor(PCFG, CFG), init_predictor(PCFG, CFG, seed=seed)))
 
 
 def teacher_forced_decode_logits(model, params, tokens: np.ndarray, policy) -> np.ndarray:
-    """Logits of the real decode path fed `tokens` [1, T] one by one after a 1-token prefill."""
+    """Logits of the real decode path fed `tokens` [1, T] one by one after a 1-token prefill
+    (`policy`: (policy, policy params))."""
+    policy, pp = policy
     t = tokens.shape[1]
     cache = init_cache(model.cfg, 1, t)
-    state = policy.init_state(model.cfg, 1, t)
-    logits, cache, state = prefill(model, params, jnp.asarray(tokens[:, :1]), jnp.array([1]), cache, policy, state)
+    state = policy.init_state(pp, 1, t)
+    logits, cache, state = prefill(model, params, jnp.asarray(tokens[:, :1]), jnp.array([1]), cache, policy, state, pp)
     out = [np.asarray(logits[0])]
-    step = jax.jit(lambda p, tok, c, s: decode_step(model, p, tok, c, policy, s))
+    step = jax.jit(lambda p, tok, c, s: decode_step(model, p, tok, c, policy, s, pp))
     for i in range(1, t):
         logits, cache, state = step(params, jnp.asarray(tokens[:, i]), cache, state)
         out.append(np.asarray(logits[0]))
@@ -64,7 +66,7 @@ def test_full_budget_equals_dense(tiny, method) -> None:
     tokens = np.random.default_rng(0).integers(0, 128, (1, 48))
     dense, _ = model.apply({"params": params}, jnp.asarray(tokens), jnp.arange(48)[None])
     policy = policy_for(SparsityConfig(method=method, budget="4096", n_sink=2, n_window=2, page_size=4))
-    sim, _ = simulated_logits(model, params, jnp.asarray(tokens), policy)
+    sim, _ = simulated_logits(model, params, jnp.asarray(tokens), *policy)
     assert np.abs(np.asarray(sim) - np.asarray(dense)).max() <= 1e-5
     dec = teacher_forced_decode_logits(model, params, tokens[:, :20], policy)
     assert np.abs(dec - np.asarray(dense[0, :20])).max() <= 1e-5
@@ -82,10 +84,12 @@ def test_oracle_keeps_exact_topk_per_head(n_sink, n_window) -> None:
         for h in range(3):
             for i in range(t):
                 k_i = math.ceil((i + 1) * 0.5)
-                forced = {j for j in range(i + 1) if j < n_sink or j > i - n_window}
+                n_win = min(n_window, k_i)  # forced tokens inside the budget, the newest first
+                n_snk = min(n_sink, k_i - n_win)
+                forced = {j for j in range(i + 1) if j < n_snk or j > i - n_win}
                 rest = [j for j in np.argsort(-scores[b, h, i, : i + 1], kind="stable") if j not in forced]
                 expected = forced | set(rest[: max(k_i - len(forced), 0)])
-                assert set(np.flatnonzero(keep[b, h, i])) == expected
+                assert set(np.flatnonzero(keep[b, h, i])) == expected and len(expected) == k_i
     # the decode path picks the same set for the last row of every head
     idx, valid = decode_select(jnp.asarray(scores[:, :, -1]), jnp.array([t - 1, t - 1]), budget, t, n_sink, n_window)
     mask = np.asarray(indices_to_mask(idx, valid, t))
@@ -103,7 +107,7 @@ def test_decode_and_simulation_select_the_same_tokens(tiny, method) -> None:
     model, params = tiny
     tokens = np.random.default_rng(5).integers(0, 128, (1, 40))
     policy = policy_for(SparsityConfig(method=method, budget="fixed_50pc", n_sink=2, n_window=3, page_size=4))
-    sim, _ = simulated_logits(model, params, jnp.asarray(tokens), policy)
+    sim, _ = simulated_logits(model, params, jnp.asarray(tokens), *policy)
     dec = teacher_forced_decode_logits(model, params, tokens, policy)
     dense, _ = model.apply({"params": params}, jnp.asarray(tokens), jnp.arange(40)[None])
     assert np.abs(dec - np.asarray(sim[0])).max() <= 1e-5
@@ -113,18 +117,19 @@ def test_decode_and_simulation_select_the_same_tokens(tiny, method) -> None:
 def test_quest_with_page_size_one_equals_oracle(tiny) -> None:
     model, params = tiny
     tokens = jnp.asarray(np.random.default_rng(2).integers(0, 128, (1, 64)))
-    quest = make_policy(SparsityConfig(method="quest", budget="fixed_60pc", page_size=1), CFG)
-    oracle = make_policy(SparsityConfig(method="oracle", budget="fixed_60pc"), CFG)
-    a, _ = simulated_logits(model, params, tokens, quest)
-    b, _ = simulated_logits(model, params, tokens, oracle)
+    # per query head both rank by q.k (per KV head Quest takes the group's max, the Oracle its attention mass)
+    quest = make_policy(SparsityConfig(method="quest", budget="fixed_60pc", page_size=1, granularity="query"), CFG)
+    oracle = make_policy(SparsityConfig(method="oracle", budget="fixed_60pc", granularity="query"), CFG)
+    a, _ = simulated_logits(model, params, tokens, *quest)
+    b, _ = simulated_logits(model, params, tokens, *oracle)
     assert np.abs(np.asarray(a) - np.asarray(b)).max() <= 1e-6
 
 
 def test_generation_runs_every_scored_policy_in_one_loop(tiny) -> None:
     model, params = tiny
     for method in SCORED:
-        policy = policy_for(SparsityConfig(method=method, budget=16, n_sink=2, n_window=2))
-        rows = generate(model, params, [[1, 2, 3], [4, 5]], 12, policy=policy).rows()
+        policy, pp = policy_for(SparsityConfig(method=method, budget=16, n_sink=2, n_window=2))
+        rows = generate(model, params, [[1, 2, 3], [4, 5]], 12, policy=policy, policy_params=pp).rows()
         assert [len(r) for r in rows] == [12, 12]
 
 
@@ -138,7 +143,7 @@ def test_predict_interval_reuses_the_last_selection_between_predictions(tiny) ->
     b = teacher_forced_decode_logits(model, params, tokens, sparse)
     assert np.abs(a[:8] - b[:8]).max() <= 1e-5  # the budget of 8 covers everything early on
     assert np.abs(a - b).max() > 1e-4  # later, reuse differs from fresh predictions
-    state = sparse.init_state(CFG, 1, 30)
+    state = sparse[0].init_state(sparse[1], 1, 30)
     assert len(state.previous) == CFG.num_hidden_layers
 
 
@@ -152,7 +157,7 @@ def test_longctx_tokenbutler_decode_equals_simulation(tiny) -> None:
     assert sum(x.size for x in jax.tree_util.tree_leaves(pparams)) == longctx_param_count(pcfg, CFG)
     policy = make_policy(SparsityConfig(method="tokenbutler", budget="fixed_50pc", n_sink=1, n_window=2), CFG, (module, pparams))
     tokens = np.random.default_rng(4).integers(0, 128, (1, 36))
-    sim, stats = simulated_logits(model, params, jnp.asarray(tokens), policy)
+    sim, stats = simulated_logits(model, params, jnp.asarray(tokens), *policy)
     dec = teacher_forced_decode_logits(model, params, tokens, policy)
     assert np.abs(dec - np.asarray(sim[0])).max() <= 1e-5
     assert float(stats[2].kept) < float(stats[2].visible)
@@ -166,10 +171,10 @@ def test_neighbor_fetch_decode_equals_simulation(tiny, budget) -> None:
     section = dict(method="tokenbutler", budget=budget, n_sink=2, n_window=3)
     plain = policy_for(SparsityConfig(**section))
     wide = policy_for(SparsityConfig(**section, neighbor_fetch=True))
-    sim, stats = simulated_logits(model, params, jnp.asarray(tokens), wide)
+    sim, stats = simulated_logits(model, params, jnp.asarray(tokens), *wide)
     dec = teacher_forced_decode_logits(model, params, tokens, wide)
     assert np.abs(dec - np.asarray(sim[0])).max() <= 1e-5
-    sim_plain, stats_plain = simulated_logits(model, params, jnp.asarray(tokens), plain)
+    sim_plain, stats_plain = simulated_logits(model, params, jnp.asarray(tokens), *plain)
     assert np.abs(np.asarray(sim) - np.asarray(sim_plain)).max() > 1e-4
     assert float(stats[2].kept) > float(stats_plain[2].kept)
     assert float(stats[2].kept) < float(stats[2].visible)
@@ -182,7 +187,7 @@ def test_neighbor_fetch_full_budget_equals_dense(tiny, interval) -> None:
     dense, _ = model.apply({"params": params}, jnp.asarray(tokens), jnp.arange(48)[None])
     policy = policy_for(SparsityConfig(method="tokenbutler", budget="4096", n_sink=2, n_window=2,
                                        predict_interval=interval, neighbor_fetch=True))
-    sim, _ = simulated_logits(model, params, jnp.asarray(tokens), policy)
+    sim, _ = simulated_logits(model, params, jnp.asarray(tokens), *policy)
     assert np.abs(np.asarray(sim) - np.asarray(dense)).max() <= 1e-5
     dec = teacher_forced_decode_logits(model, params, tokens[:, :20], policy)
     assert np.abs(dec - np.asarray(dense[0, :20])).max() <= 1e-5
@@ -196,22 +201,24 @@ def test_neighbor_fetch_widens_prediction_steps_and_reuse_keeps_them(tiny) -> No
     model, params = tiny
     t, n_sink, n_window = 32, 1, 2
     tokens = np.random.default_rng(9).integers(0, 128, (1, t))
-    policy = policy_for(SparsityConfig(method="tokenbutler", budget=10, n_sink=n_sink, n_window=n_window,
-                                       predict_interval=4, neighbor_fetch=True))
+    policy, pp = policy_for(SparsityConfig(method="tokenbutler", budget=10, n_sink=n_sink, n_window=n_window,
+                                           predict_interval=4, neighbor_fetch=True))
     s = policy.settings
-    assert policy.init_state(CFG, 1, t).previous[1][0].shape == (1, CFG.num_key_value_heads, min(2 * 10, t))
+    assert policy.init_state(pp, 1, t).previous[1][0].shape == (1, CFG.num_key_value_heads, min(2 * 10, t))
     records = []
-    select = policy.select
 
-    def recording_select(layer, x, cache, state):
-        idx, ok, new_state = select(layer, x, cache, state)
-        scores, _ = policy.decode_scores(layer, x, cache, state)
-        plain = decode_select(scores, cache.lengths, s.budget, policy.k_max(cache.capacity), n_sink, n_window, s.implementation)
-        jax.debug.callback(lambda *a: records.append((layer, *map(np.asarray, a))), state.step, cache.lengths, idx, ok, *plain)
-        return idx, ok, new_state
+    class Recording(type(policy)):
+        def select(self, params, layer, x, cache, state):
+            idx, ok, new_state = super().select(params, layer, x, cache, state)
+            scores, _ = self.decode_scores(params, layer, x, cache, state)
+            plain = decode_select(scores, cache.lengths, s.token_budget, self.k_max(cache.capacity), n_sink, n_window,
+                                  s.implementation)
+            jax.debug.callback(lambda *a: records.append((layer, *map(np.asarray, a))), state.step, cache.lengths, idx, ok,
+                               *plain)
+            return idx, ok, new_state
 
-    policy.select = recording_select
-    teacher_forced_decode_logits(model, params, tokens, policy)
+    recording = Recording(policy.cfg, policy.settings, policy.module)
+    teacher_forced_decode_logits(model, params, tokens, (recording, pp))
     assert len(records) == (t - 1) * (CFG.num_hidden_layers - s.dense_layers)
     last, grew = {}, 0
     for layer, step, lengths, idx, ok, plain, plain_ok in records:

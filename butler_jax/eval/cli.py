@@ -53,7 +53,7 @@ def build_tasks(eval_cfg: EvalConfig, sparsity: SparsityConfig, model, params, t
         ids = np.asarray(tokenizer.encode(read_text_source(eval_cfg.ppl_source)[: 40 * eval_cfg.ppl_context * eval_cfg.ppl_windows]))
         samples = perplexity_samples(ids, eval_cfg.ppl_context, eval_cfg.ppl_windows)
         name = f"ppl:{Path(eval_cfg.ppl_source).stem if eval_cfg.ppl_source not in NAMED_TEXTS else eval_cfg.ppl_source}"
-        evaluate = lambda policy, items: [evaluate_window(model, params, policy, s, sparsity.dense_layers) for s in items]  # noqa: E731
+        evaluate = lambda policy, pp, items: [evaluate_window(model, params, policy, pp, s, sparsity.dense_layers) for s in items]  # noqa: E731
         tasks.append((name, samples, evaluate, eval_cfg.budgets, 1))
     if "coref" in eval_cfg.tasks:
         from butler_jax.eval.coref import generate_coref
@@ -61,7 +61,7 @@ def build_tasks(eval_cfg: EvalConfig, sparsity: SparsityConfig, model, params, t
 
         coref = generate_coref(tokenizer, eval_cfg.coref_samples, seed=eval_cfg.seed, target_tokens=eval_cfg.coref_length or None, progress=False)
         samples = [TaskSample(f"coref{i}", c) for i, c in enumerate(coref)]
-        evaluate = lambda policy, items: [evaluate_coref(model, params, policy, s) for s in items]  # noqa: E731
+        evaluate = lambda policy, pp, items: [evaluate_coref(model, params, policy, pp, s) for s in items]  # noqa: E731
         tasks.append(("coref", samples, evaluate, eval_cfg.budgets, 1))
     if "ruler" in eval_cfg.tasks:
         from butler_jax.eval.ruler import generate_ruler

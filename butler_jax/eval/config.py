@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from butler_jax.sparsity import METHODS
+
 
 @dataclass(frozen=True)
 class EvalConfig:
@@ -13,7 +15,7 @@ class EvalConfig:
     dense runs once. `ppl_source`: `wikitext2-test`, `wikitext2-valid`, or a text file / folder.
     """
 
-    methods: list[str] = field(default_factory=lambda: ["dense", "tokenbutler", "oracle", "h2o", "snapkv", "quest", "streamingllm"])
+    methods: list[str] = field(default_factory=lambda: list(METHODS))  # every registered method
     budgets: list[str] = field(default_factory=lambda: ["fixed_50pc"])
     tasks: list[str] = field(default_factory=lambda: ["perplexity", "coref", "ruler"])
     output_dir: str = "outputs/eval"

@@ -14,9 +14,9 @@ from butler_jax.eval.report import markdown_table, plot, summarize, write_csv
 from butler_jax.eval.results import ResultStore
 from butler_jax.sparsity import SparsityConfig, make_policy
 
-# a task: (name, samples, evaluate(policy, samples) -> one record's fields per sample, budgets it
-# runs at, samples per evaluate call)
-Task = tuple[str, list, Callable[[Any, list], list[dict]], list[str], int]
+# a task: (name, samples, evaluate(policy, policy_params, samples) -> one record's fields per
+# sample, budgets it runs at, samples per evaluate call)
+Task = tuple[str, list, Callable[[Any, Any, list], list[dict]], list[str], int]
 
 
 def method_budgets(methods: list[str], budgets: list[str]) -> list[tuple[str, str]]:
@@ -28,24 +28,24 @@ def method_budgets(methods: list[str], budgets: list[str]) -> list[tuple[str, st
 
 
 def run_tasks(tasks: list[Task], eval_cfg: EvalConfig, sparsity: SparsityConfig, model_cfg, predictor=None) -> list[dict]:
-    """Evaluate every task for every (method, budget), skipping stored samples; returns summary rows."""
+    """Evaluate every task for every (method, budget), skipping stored samples; returns summary rows.
+
+    Policies are static values (equal sections give equal policies, hence one compiled program per
+    (method, budget) and shape, whatever the task); the predictor's params are traced arguments."""
     out = Path(eval_cfg.output_dir)
     store = ResultStore(out / "samples.jsonl")
-    policies: dict[tuple[str, str], Any] = {}  # one object per (method, budget): compiled code is reused across tasks
     for task_name, samples, evaluate, budgets, batch in tasks:
         for method, budget in method_budgets(eval_cfg.methods, budgets):
             todo = [s for s in samples if not store.has(method=method, budget=budget, task=task_name, sample=s.sample)]
             if not todo:
                 continue
             section = dataclasses.replace(sparsity, method=method, budget=budget if budget != "full" else sparsity.budget)
-            if (method, budget) not in policies:
-                policies[method, budget] = make_policy(section, model_cfg, predictor)
-            policy = policies[method, budget]
+            policy, policy_params = make_policy(section, model_cfg, predictor)
             with tqdm(total=len(todo), desc=f"{task_name} {method} {budget}", leave=False) as bar:
                 for first in range(0, len(todo), batch):
                     chunk = todo[first:first + batch]
                     start = time.perf_counter()
-                    records = evaluate(policy, chunk)
+                    records = evaluate(policy, policy_params, chunk)
                     seconds = round((time.perf_counter() - start) / len(chunk), 3)
                     for sample, record in zip(chunk, records):
                         record.update(method=method, budget=budget, task=task_name, sample=sample.sample, seconds=seconds)

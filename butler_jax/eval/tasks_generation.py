@@ -1,6 +1,6 @@
 """The co-reference and RULER tasks of evaluate.py.
 
-Co-reference: teacher-forced (decode-simulated for sparse policies); a sample scores 1 when
+Co-reference: teacher-forced through the policy's decode-simulated pass (dense included); a sample scores 1 when
 every token of the final place NAME is the argmax prediction (1 - location miss), and the
 record keeps the location inaccuracy. RULER: real greedy generation through the jitted
 decode loop with the policy, scored with RULER's string-match metric of the task.
@@ -17,8 +17,8 @@ import numpy as np
 from butler_jax.decode import generate
 from butler_jax.eval.coref import location_metrics, name_prediction_rows
 from butler_jax.eval.ruler import score_prediction
-from butler_jax.sparsity.dense import DensePolicy
 from butler_jax.sparsity.simulate import simulated_logits
+from butler_jax.sparsity.stats import sparse_layer_means
 
 
 @dataclass(frozen=True)
@@ -27,21 +27,19 @@ class TaskSample:
     payload: Any
 
 
-def evaluate_coref(model, params, policy, item: TaskSample) -> dict:
+def evaluate_coref(model, params, policy, policy_params, item: TaskSample) -> dict:
     s = item.payload
     tokens = jnp.asarray(np.asarray(s.token_ids)[None])
-    if isinstance(policy, DensePolicy):
-        logits, _ = model.apply({"params": params}, tokens, jnp.arange(tokens.shape[1])[None])
-    else:
-        logits, _ = simulated_logits(model, params, tokens, policy)
+    logits, stats = simulated_logits(model, params, tokens, policy, policy_params)
     rows = name_prediction_rows(s.final_name_span)
     preds = np.asarray(logits[0, rows].argmax(-1))
     gold = np.asarray(s.token_ids)[s.final_name_span[0]:s.final_name_span[1]]
     inaccuracy, miss = location_metrics([preds.tolist()], [gold.tolist()])
-    return {"metric": "coref_exact", "score": 1.0 - miss, "location_inaccuracy": inaccuracy}
+    return {"metric": "coref_exact", "score": 1.0 - miss, "location_inaccuracy": inaccuracy,
+            **sparse_layer_means(list(stats), policy.settings.dense_layers)}
 
 
-def evaluate_ruler(model, params, tokenizer, stop_tokens, policy, items: list[TaskSample], *,
+def evaluate_ruler(model, params, tokenizer, stop_tokens, policy, policy_params, items: list[TaskSample], *,
                    batch: int, prompt_width: int, max_new_tokens: int) -> list[dict]:
     """Greedy generation for up to `batch` RULER samples at once, one compiled shape for all tasks.
 
@@ -50,7 +48,7 @@ def evaluate_ruler(model, params, tokenizer, stop_tokens, policy, items: list[Ta
     """
     ids = [tokenizer.encode(item.payload.input, add_special_tokens=False) for item in items]
     rows = ids + [ids[-1]] * (batch - len(ids))
-    out = generate(model, params, rows, max_new_tokens, policy=policy, stop_tokens=stop_tokens,
+    out = generate(model, params, rows, max_new_tokens, policy=policy, policy_params=policy_params, stop_tokens=stop_tokens,
                    prompt_width=prompt_width).rows()
     records = []
     for item, prompt, tokens in zip(items, ids, out):

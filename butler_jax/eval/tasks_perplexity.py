@@ -1,4 +1,5 @@
-"""The perplexity task of evaluate.py: windows of a text, dense or decode-simulated sparse."""
+"""The perplexity task of evaluate.py: windows of a text through the policy's decode-simulated pass
+(dense included, so every record carries the same measured statistics)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,8 @@ from dataclasses import dataclass
 import jax.numpy as jnp
 import numpy as np
 
-from butler_jax.eval.perplexity import window_nll
-from butler_jax.sparsity.dense import DensePolicy
 from butler_jax.sparsity.simulate import simulated_window_nll
-from butler_jax.sparsity.stats import summarize
+from butler_jax.sparsity.stats import sparse_layer_means, summarize
 
 
 @dataclass(frozen=True)
@@ -27,18 +26,14 @@ def perplexity_samples(token_ids: np.ndarray, context: int, windows: int) -> lis
     return [PerplexitySample(f"window{w}", np.asarray(token_ids[w * context:(w + 1) * context], np.int32)) for w in range(n)]
 
 
-def evaluate_window(model, params, policy, sample: PerplexitySample, dense_layers: int) -> dict:
-    """NLL sum/count of one window, plus mean sparsity and Oracle recall over the sparse layers."""
+def evaluate_window(model, params, policy, policy_params, sample: PerplexitySample, dense_layers: int) -> dict:
+    """NLL sum/count of one window, plus the measured sparsity, mean kept tokens per (row, head)
+    and Oracle recall over the sparse layers (`stats.sparse_layer_means`), and their per-layer lists."""
     tokens = jnp.asarray(sample.tokens[None])
-    if isinstance(policy, DensePolicy):
-        nll, count = window_nll(model, params, tokens)
-        return {"nll_sum": float(nll), "count": int(count), "sparsity": 0.0}
-    nll, count, stats = simulated_window_nll(model, params, tokens, policy)
+    nll, count, stats = simulated_window_nll(model, params, tokens, policy, policy_params)
     per_layer = summarize(list(stats))
-    sparse = slice(dense_layers, None)
     return {
-        "nll_sum": float(nll), "count": int(count),
-        "sparsity": float(np.mean(per_layer["sparsity"][sparse])),
-        "oracle_recall": float(np.mean(per_layer["oracle_recall"][sparse])),
-        "layer_sparsity": per_layer["sparsity"], "layer_oracle_recall": per_layer["oracle_recall"],
+        "nll_sum": float(nll), "count": int(count), **sparse_layer_means(list(stats), dense_layers),
+        "layer_sparsity": per_layer["sparsity"], "layer_kept_tokens": per_layer["kept_tokens"],
+        "layer_oracle_recall": per_layer["oracle_recall"],
     }

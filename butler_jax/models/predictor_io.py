@@ -8,8 +8,9 @@ from pathlib import Path
 import jax
 
 from butler_jax.config import ModelConfig, PredictorConfig, from_dict
-from butler_jax.models.predictor import PaperPredictor, paper_param_count
-from butler_jax.models.predictor_longctx import LongctxPredictor, longctx_param_count
+from butler_jax.models.predictor import PaperPredictor
+from butler_jax.models.predictor_adapter import count_params
+from butler_jax.models.predictor_longctx import LongctxPredictor
 from butler_jax.weights.errors import CheckpointError
 from butler_jax.weights.flax_checkpoint import load_tree, save_tree
 
@@ -26,9 +27,7 @@ def _shape(mcfg: ModelConfig) -> dict:
     return {k: getattr(mcfg, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")}
 
 
-def count_params(pcfg: PredictorConfig, mcfg: ModelConfig) -> int:
-    """Parameter count from the spec's formula of the configured predictor kind."""
-    return paper_param_count(pcfg, mcfg) if pcfg.kind == "paper" else longctx_param_count(pcfg, mcfg)
+__all__ = ["count_params", "load_predictor", "save_predictor"]
 
 
 def load_predictor(directory: str | Path, mcfg: ModelConfig) -> tuple[PaperPredictor | LongctxPredictor, dict, PredictorConfig]:

@@ -1,26 +1,39 @@
-"""Token-selection policies behind one interface (see base.py); `make_policy` builds one from config."""
+"""Token-selection policies behind one contract (base.py), filed in one registry by method name.
+
+`SparsityConfig` is the `sparsity:` config section and the static settings every policy holds;
+`make_policy` turns a section into (policy, policy params) through the registry.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from butler_jax.config import ModelConfig
+from butler_jax.config import ConfigError, ModelConfig
+from butler_jax.sparsity import dense, h2o, oracle, quest, snapkv, streamingllm, tokenbutler  # noqa: F401 (register)
+from butler_jax.sparsity.base import POLICIES, Policy, PolicyParams
 from butler_jax.sparsity.budget import Budget, parse_budget
 from butler_jax.sparsity.dense import DensePolicy
-from butler_jax.sparsity.oracle import OraclePolicy
-from butler_jax.sparsity.quest import QuestPolicy
-from butler_jax.sparsity.scored import SelectionSettings
-from butler_jax.sparsity.streamingllm import StreamingLLMPolicy
 
-METHODS = ("dense", "oracle", "tokenbutler", "h2o", "snapkv", "quest", "streamingllm")
+_ORDER = ("dense", "tokenbutler", "oracle", "h2o", "snapkv", "quest", "streamingllm")
+METHODS: tuple[str, ...] = tuple(sorted(POLICIES, key=lambda m: _ORDER.index(m) if m in _ORDER else len(_ORDER)))
+Method = Literal[METHODS]  # type: ignore[valid-type]
 
 
 @dataclass(frozen=True)
 class SparsityConfig:
-    """The `sparsity:` config section. `budget`: tokens (2048), keep fraction (0.5) or `fixed_50pc`."""
+    """The `sparsity:` config section, held by every policy as its static settings.
 
-    method: Literal["dense", "oracle", "tokenbutler", "h2o", "snapkv", "quest", "streamingllm"] = "dense"
+    budget: kept tokens per (selection head, query row), forced tokens included: a count (2048),
+    a keep fraction (0.5) or `fixed_50pc` (50 % sparsity); n_sink / n_window: first / most recent
+    tokens always kept (inside the budget; the most recent ones win when the budget is smaller);
+    granularity: one selection per KV head ("kv", shared by its GQA group) or per query head;
+    dense_layers: the first layers attend densely; implementation: kernels "auto"/"pallas"/"xla";
+    sim_chunk: query rows per chunk in decode-simulated prefill (memory O(chunk x length)).
+    The rest belong to one method each (named in the comment).
+    """
+
+    method: Method = "dense"
     budget: str = "fixed_50pc"
     n_sink: int = 4
     n_window: int = 0
@@ -31,49 +44,38 @@ class SparsityConfig:
     page_size: int = 16  # quest
     observation_window: int = 32  # snapkv
     pool_kernel: int = 7  # snapkv
-    heavy_fraction: float = 0.5  # h2o: share of the budget for heavy hitters (rest: recent tokens)
+    heavy_fraction: float = 0.5  # h2o: share of the budget after the sinks for heavy hitters (rest: recent)
     predict_interval: int = 1  # tokenbutler
     neighbor_fetch: bool = False  # tokenbutler
 
-    def settings(self) -> SelectionSettings:
-        return SelectionSettings(
-            budget=parse_budget(self.budget), n_sink=self.n_sink, n_window=self.n_window,
-            granularity=self.granularity, dense_layers=self.dense_layers,
-            implementation=self.implementation, sim_chunk=self.sim_chunk,
-        )
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"sparsity.method={self.method!r} is unknown; choose one of {list(METHODS)}")
+        for name in ("page_size", "observation_window", "pool_kernel", "predict_interval", "sim_chunk"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"sparsity.{name}={getattr(self, name)} must be >= 1")
+        for name in ("n_sink", "n_window", "dense_layers"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"sparsity.{name}={getattr(self, name)} must be >= 0")
+        if not 0 <= self.heavy_fraction <= 1:
+            raise ConfigError(f"sparsity.heavy_fraction={self.heavy_fraction} must be in [0, 1]")
+        parse_budget(self.budget)
+
+    @property
+    def token_budget(self) -> Budget:
+        """The parsed `budget`."""
+        return parse_budget(self.budget)
 
 
-def make_policy(sparsity: SparsityConfig, cfg: ModelConfig, predictor: Any = None):
-    """The policy object for a config section (TokenButler needs `predictor`: (module, params))."""
+def make_policy(sparsity: SparsityConfig, cfg: ModelConfig, predictor: Any = None) -> tuple[Policy, PolicyParams]:
+    """(policy, its traced parameters) for a config section; TokenButler needs `predictor`:
+    (module, params) of a trained predictor (its params become the policy params)."""
     method = sparsity.method
     if method != "tokenbutler" and (sparsity.neighbor_fetch or sparsity.predict_interval != 1):
         raise ValueError(f"sparsity.neighbor_fetch / predict_interval apply to tokenbutler only, not method={method!r}; "
                          "reset them to false / 1")
-    if method == "dense":
-        return DensePolicy(sparsity.implementation)
-    settings = sparsity.settings()
-    if method == "oracle":
-        return OraclePolicy(settings, cfg)
-    if method == "streamingllm":
-        return StreamingLLMPolicy(settings, cfg)
-    if method == "quest":
-        return QuestPolicy(settings, cfg, sparsity.page_size)
-    if method == "h2o":
-        from butler_jax.sparsity.h2o import H2OPolicy
-
-        return H2OPolicy(settings, cfg, heavy_fraction=sparsity.heavy_fraction)
-    if method == "snapkv":
-        from butler_jax.sparsity.snapkv import SnapKVPolicy
-
-        return SnapKVPolicy(settings, cfg, window=sparsity.observation_window, pool_kernel=sparsity.pool_kernel)
-    if method == "tokenbutler":
-        if predictor is None:
-            raise ValueError("sparsity.method=tokenbutler needs a trained predictor: set predictor.checkpoint in the config")
-        from butler_jax.sparsity.tokenbutler import make_tokenbutler
-
-        return make_tokenbutler(settings, cfg, predictor, predict_interval=sparsity.predict_interval,
-                                neighbor_fetch=sparsity.neighbor_fetch)
-    raise ValueError(f"sparsity.method={method!r} is unknown; choose one of {list(METHODS)}")
+    return POLICIES[method].build(sparsity, cfg, predictor)
 
 
-__all__ = ["Budget", "DensePolicy", "METHODS", "SelectionSettings", "SparsityConfig", "make_policy", "parse_budget"]
+__all__ = ["Budget", "DensePolicy", "METHODS", "POLICIES", "Policy", "PolicyParams", "SparsityConfig", "make_policy",
+           "parse_budget"]

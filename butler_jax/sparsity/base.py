@@ -1,36 +1,85 @@
-"""The selection-policy interface shared by every KV-sparsity method.
+"""The selection-policy contract shared by every KV-sparsity method, and the registry of methods.
 
-A policy decides, per layer and decode step, which cached tokens each head attends. It owns a
-state pytree (H2O scores, the predictor's cache, an eviction mask, ...) created by `init_state`,
-updated at the end of prefill by `observe_prefill`, and at every decode step by `attend`, which
-returns the attention output for the step's query. Everything is a pure function of its
-arguments, so the whole generation stays inside one `lax.while_loop`.
+A policy is a frozen dataclass of static hyperparameters (hashable: it is a static argument of
+`jax.jit`, so equal policies share one compiled program). Everything that varies between runs
+of one compiled program is a traced argument: `params`, the policy's parameter pytree (the
+TokenButler predictor's weights; `()` for the others), and the policy state / simulation carry.
+Two halves, both implemented by every policy (dense included):
+
+- decode: `init_state` -> `observe_prefill` at each layer of the prompt -> `attend` at each layer
+  of every decode step (inside one `lax.while_loop`, see butler_jax/decode.py);
+- decode-simulated prefill: `init_simulation` -> `simulate_layer` at each layer of one parallel
+  pass in which every query row attends only to what the policy would keep at that position
+  (see simulate.py).
+
+`register(name)` adds a policy class to `POLICIES`; the method list, the `sparsity.method`
+choices, the eval default and `make_policy` all read that one registry.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol
 
 import jax.numpy as jnp
 
 from butler_jax.cache import KVCache
 from butler_jax.config import ModelConfig
+from butler_jax.decode_attention import dense_attend
 from butler_jax.models.llama import LayerInputs
+from butler_jax.sparsity.stats import LayerStats
+
+if TYPE_CHECKING:
+    from butler_jax.sparsity import SparsityConfig
+
+PolicyParams = Any  # a pytree of arrays (traced); () when the policy has no parameters
 
 
 class Policy(Protocol):
-    """What the decode loop needs from a token-selection method."""
+    """What the decode loop and the decode-simulated prefill need from a token-selection method."""
 
-    name: str
+    name: ClassVar[str]
+    cfg: ModelConfig
 
-    def init_state(self, cfg: ModelConfig, batch: int, capacity: int) -> Any:
-        """Initial policy state for a batch and cache capacity."""
+    @classmethod
+    def build(cls, sparsity: "SparsityConfig", cfg: ModelConfig, predictor: Any) -> tuple["Policy", PolicyParams]:
+        """(policy, its parameter pytree) for a config section; `predictor`: (module, params) or None."""
 
-    def observe_prefill(self, layer: int, x: LayerInputs, cache: KVCache, lengths: jnp.ndarray, state: Any) -> Any:
+    def init_state(self, params: PolicyParams, batch: int, capacity: int) -> Any:
+        """Initial decode state for a batch and cache capacity."""
+
+    def observe_prefill(self, params: PolicyParams, layer: int, x: LayerInputs, cache: KVCache,
+                        lengths: jnp.ndarray, state: Any) -> Any:
         """Update the state with layer `layer`'s prompt q/k/v (x: [B, P, ...]; lengths [B])."""
 
-    def attend(self, layer: int, x: LayerInputs, cache: KVCache, state: Any) -> tuple[jnp.ndarray, Any]:
+    def attend(self, params: PolicyParams, layer: int, x: LayerInputs, cache: KVCache, state: Any) -> tuple[jnp.ndarray, Any]:
         """Attention output [B, 1, Hq, hd] for the step's query (x.q: [B, 1, Hq, hd]).
 
         `cache` already holds this step's key/value at position cache.lengths[b] (rows attend to
         tokens 0..cache.lengths[b] inclusive)."""
+
+    def init_simulation(self, params: PolicyParams, batch: int, length: int) -> Any:
+        """Initial carry of a decode-simulated pass over [batch, length] tokens."""
+
+    def simulate_layer(self, params: PolicyParams, layer: int, x: LayerInputs, carry: Any) -> tuple[jnp.ndarray, Any, LayerStats]:
+        """(attention output [B, T, Hq, hd], carry, this layer's LayerStats) of all rows of x."""
+
+
+POLICIES: dict[str, type] = {}
+
+
+def register(name: str) -> Callable[[type], type]:
+    """Class decorator: file the policy class under `name` (its `name` attribute is set to it)."""
+
+    def add(cls: type) -> type:
+        if name in POLICIES:
+            raise ValueError(f"a policy named {name!r} is already registered ({POLICIES[name].__name__})")
+        cls.name = name
+        POLICIES[name] = cls
+        return cls
+
+    return add
+
+
+def dense_layer(layer: int, x: LayerInputs, cache: KVCache, implementation: str) -> jnp.ndarray:
+    """The decode step's dense attention at `layer`: every cached token 0..cache.lengths[b]."""
+    return dense_attend(x.q, cache.k[layer], cache.v[layer], cache.lengths + 1, implementation)

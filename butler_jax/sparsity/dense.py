@@ -2,29 +2,46 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-import jax.numpy as jnp
+from butler_jax.sparsity.base import dense_layer, register
+from butler_jax.sparsity.simulate import chunked_simulation
 
-from butler_jax.cache import KVCache
-from butler_jax.config import ModelConfig
-from butler_jax.decode_attention import dense_attend
-from butler_jax.models.llama import LayerInputs
+if TYPE_CHECKING:
+    from butler_jax.sparsity import SparsityConfig
 
 
+def _default_settings() -> "SparsityConfig":
+    from butler_jax.sparsity import SparsityConfig
+
+    return SparsityConfig()
+
+
+@register("dense")
 @dataclass(frozen=True)
 class DensePolicy:
-    """Attend to all tokens 0..position of each row."""
+    """Attend to all tokens 0..position of each row; no state, no parameters. Its simulation
+    statistics are measured like every policy's (sparsity 0, Oracle recall 1)."""
 
-    implementation: str = "auto"
-    name: str = "dense"
+    settings: "SparsityConfig" = field(default_factory=_default_settings)
 
-    def init_state(self, cfg: ModelConfig, batch: int, capacity: int) -> Any:
+    @classmethod
+    def build(cls, sparsity, cfg, predictor=None):
+        return cls(sparsity), ()
+
+    def init_state(self, params, batch: int, capacity: int) -> Any:
         return ()
 
-    def observe_prefill(self, layer: int, x: LayerInputs, cache: KVCache, lengths: jnp.ndarray, state: Any) -> Any:
+    def observe_prefill(self, params, layer, x, cache, lengths, state):
         return state
 
-    def attend(self, layer: int, x: LayerInputs, cache: KVCache, state: Any) -> tuple[jnp.ndarray, Any]:
-        return dense_attend(x.q, cache.k[layer], cache.v[layer], cache.lengths + 1, self.implementation), state
+    def attend(self, params, layer, x, cache, state):
+        return dense_layer(layer, x, cache, self.settings.implementation), state
+
+    def init_simulation(self, params, batch: int, length: int) -> Any:
+        return ()
+
+    def simulate_layer(self, params, layer, x, carry):
+        out, stats = chunked_simulation(self.settings, x, None)
+        return out, carry, stats

@@ -2,19 +2,23 @@
 mask over the cache slots, attention restricted to it, and the eviction rule.
 
 Everything reuses the one attention implementation (`attention_logits` / `masked_attention` /
-`softmax_probs` of butler_jax.attention) and the shared top-n selection of select.py.
+`softmax_probs` of butler_jax.attention), the shared top-n selection of select.py and the one
+chunked simulation loop of simulate.py.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax.numpy as jnp
 
 from butler_jax.attention import attention_logits, causal_mask, masked_attention, softmax_probs
 from butler_jax.config import ModelConfig
-from butler_jax.sparsity.select import group_reduce, simulated_keep, top_n_mask
-from butler_jax.sparsity.stats import LayerStats, layer_stats
+from butler_jax.sparsity.select import group_sum, top_n_mask
+
+if TYPE_CHECKING:
+    from butler_jax.sparsity import SparsityConfig
 
 
 class EvictionState(NamedTuple):
@@ -39,26 +43,19 @@ def expand_heads(keep: jnp.ndarray, num_q_heads: int) -> jnp.ndarray:
     return jnp.repeat(keep, num_q_heads // keep.shape[1], axis=1)
 
 
-def group_sum(p: jnp.ndarray, num_kv_heads: int, granularity: str) -> jnp.ndarray:
-    """Per-query-head values [B, Hq, ...] -> [B, Hsel, ...]: as is ("query") or summed over each GQA group ("kv")."""
-    if granularity == "query":
-        return p
-    b, hq = p.shape[:2]
-    return p.reshape(b, num_kv_heads, hq // num_kv_heads, *p.shape[2:]).sum(axis=2)
-
-
 def evict(alive: jnp.ndarray, score: jnp.ndarray, query_pos: jnp.ndarray, kept: jnp.ndarray,
-          n_sink: int, n_recent: jnp.ndarray, n_max: int) -> jnp.ndarray:
+          n_sink: jnp.ndarray, n_recent: jnp.ndarray, n_max: int) -> jnp.ndarray:
     """Alive mask after evicting down to `kept` tokens (never adds a token).
 
-    alive/score: [B, H, T]; query_pos, kept, n_recent: [B]. Protected: alive sinks (pos < n_sink)
+    alive/score: [B, H, T]; query_pos, kept, n_sink, n_recent: [B] (n_sink + n_recent <= kept).
+    Protected: alive sinks (pos < n_sink)
     and alive recent tokens (pos > query_pos - n_recent); the rest of the budget goes to the
     best-scored other alive tokens (ties to the lower index); everything else is evicted.
     """
     key_pos = jnp.arange(alive.shape[-1])
     q = query_pos[:, None, None]
     visible = key_pos <= q
-    forced = alive & visible & ((key_pos < n_sink) | (key_pos > q - n_recent[:, None, None]))
+    forced = alive & visible & ((key_pos < n_sink[:, None, None]) | (key_pos > q - n_recent[:, None, None]))
     candidates = alive & visible & ~forced
     n = jnp.maximum(kept[:, None, None] - forced.sum(-1, keepdims=True), 0)
     ranked = jnp.where(candidates, score.astype(jnp.float32), -jnp.inf)
@@ -84,47 +81,29 @@ def prompt_column_sums(x, lengths: jnp.ndarray, chunk: int) -> jnp.ndarray:
     return total
 
 
-def chunked_simulation(policy, layer: int, x, keep_fn) -> tuple[jnp.ndarray, LayerStats]:
-    """Chunked decode-simulated attention; keep_fn(rows, logits) -> keep [B, Hsel, Tq, T] or None (dense)."""
-    t, s = x.q.shape[1], policy.settings
-    outs, stats = [], LayerStats.zeros()
-    for start in range(0, t, s.sim_chunk):
-        rows = slice(start, min(t, start + s.sim_chunk))
-        q_pos = x.positions[:, rows]
-        logits = attention_logits(x.q[:, rows], x.k)
-        causal = causal_mask(q_pos, x.positions)
-        oracle = simulated_keep(policy.reduce_heads(logits), q_pos, s.budget, s.n_sink, s.n_window)
-        keep = keep_fn(rows, logits)
-        if keep is None:
-            keep = jnp.ones_like(oracle)
-        stats = stats + layer_stats(keep, oracle, causal)
-        outs.append(masked_attention(logits, expand_heads(keep, x.q.shape[2]) & causal, x.v))
-    return jnp.concatenate(outs, axis=1), stats
-
-
+@dataclass(frozen=True)
 class EvictionPolicy:
-    """Common part of H2O and SnapKV: state, dense first layers, head reduction."""
+    """Common part of H2O and SnapKV: settings, state, dense first layers, the GQA group merge
+    (per-KV-head selection sums the group's attention probabilities)."""
 
-    name = "eviction"
+    cfg: ModelConfig
+    settings: "SparsityConfig"
 
-    def __init__(self, settings, cfg: ModelConfig):
-        self.settings, self.cfg = settings, cfg
+    @classmethod
+    def build(cls, sparsity, cfg, predictor=None):
+        return cls(cfg, sparsity), ()
 
     @property
     def num_selection_heads(self) -> int:
         return num_selection_heads(self.cfg, self.settings.granularity)
 
-    def reduce_heads(self, scores: jnp.ndarray) -> jnp.ndarray:
-        """Oracle reduction (max over the GQA group), as the score-ranked policies use for statistics."""
-        return group_reduce(scores, self.cfg.num_key_value_heads, self.settings.granularity)
-
     def group_sum(self, p: jnp.ndarray) -> jnp.ndarray:
         return group_sum(p, self.cfg.num_key_value_heads, self.settings.granularity)
 
-    def init_state(self, cfg: ModelConfig, batch: int, capacity: int) -> EvictionState:
-        return init_eviction_state(cfg, self.settings.granularity, batch, capacity)
+    def init_state(self, params, batch: int, capacity: int) -> EvictionState:
+        return init_eviction_state(self.cfg, self.settings.granularity, batch, capacity)
 
-    def init_simulation(self, batch: int, length: int):
+    def init_simulation(self, params, batch: int, length: int):
         return ()
 
     def is_dense(self, layer: int) -> bool:

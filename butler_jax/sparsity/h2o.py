@@ -2,9 +2,10 @@
 
 Per (layer, selection head) an alive set over the cache. A token's score is the sum of the
 softmax probabilities it received from every query so far (over the alive set; for per-KV-head
-selection summed over the GQA group's query heads). The budget K = budget.kept(visible) holds the
-n_sink sinks, the `recent` most recent tokens and the heavy hitters (heavy_fraction of what is
-left after the sinks); eviction is permanent.
+selection summed over the GQA group's query heads). The budget K = budget.kept(visible) holds
+everything: the sinks (at most K - 1), the recent tokens (the current one at least, n_window
+when they fit) and the heavy hitters (heavy_fraction of what is left after the sinks); eviction
+is permanent.
 
 Decode step at position p: token p joins -> evict down to K (protected: sinks + recent) ->
 attend over the alive set -> add this row's probabilities to the scores. Prefill end: scores =
@@ -19,34 +20,32 @@ import jax
 import jax.numpy as jnp
 
 from butler_jax.attention import causal_mask
-from butler_jax.decode_attention import dense_attend
-from butler_jax.sparsity.eviction import (EvictionPolicy, EvictionState, alive_attention, chunked_simulation,
-                                          evict, prompt_column_sums)
-from butler_jax.sparsity.select import simulated_keep
+from butler_jax.sparsity.base import dense_layer, register
+from butler_jax.sparsity.eviction import EvictionPolicy, EvictionState, alive_attention, evict, prompt_column_sums
+from butler_jax.sparsity.simulate import chunked_simulation, oracle_keep
 from butler_jax.sparsity.stats import LayerStats, layer_stats
 
 
+@register("h2o")
 class H2OPolicy(EvictionPolicy):
-    name = "h2o"
+    """`sparsity.heavy_fraction`: the heavy hitters' share of the budget after the sinks."""
 
-    def __init__(self, settings, cfg, heavy_fraction: float = 0.5):
-        if not 0 <= heavy_fraction <= 1:
-            raise ValueError(f"h2o heavy_fraction={heavy_fraction} must be in [0, 1]")
-        super().__init__(settings, cfg)
-        self.heavy_fraction = heavy_fraction
-
-    def split(self, visible: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-        """(K, recent) for rows seeing `visible` tokens: K = budget.kept(visible) = sinks + heavy + recent;
-        heavy = floor(heavy_fraction x (K - sinks)), at least one recent token (the current one)."""
-        kept = jnp.maximum(self.settings.budget.kept(visible), 1)
-        rest = jnp.maximum(kept - jnp.minimum(self.settings.n_sink, visible), 0)
-        heavy = jnp.minimum(jnp.floor(rest * self.heavy_fraction).astype(jnp.int32), jnp.maximum(rest - 1, 0))
-        return kept, jnp.maximum(rest - heavy, self.settings.n_window)
+    def split(self, visible: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+        """(K, sinks, recent) for rows seeing `visible` tokens, sinks + recent <= K: K = budget.kept(visible);
+        sinks = min(n_sink, visible, K - 1); of the rest R = K - sinks, heavy = floor(heavy_fraction x R)
+        (at most R - 1) and recent = R - heavy, raised to n_window where it fits in R."""
+        s = self.settings
+        kept = jnp.maximum(s.token_budget.kept(visible), 1)
+        sinks = jnp.minimum(jnp.minimum(s.n_sink, visible), kept - 1)
+        rest = kept - sinks
+        heavy = jnp.minimum(jnp.floor(rest * s.heavy_fraction).astype(jnp.int32), rest - 1)
+        recent = jnp.minimum(jnp.maximum(rest - heavy, s.n_window), rest)
+        return kept, sinks, recent
 
     def evict_to_budget(self, alive, score, pos):
-        kept, recent = self.split(pos + 1)
-        n_max = self.settings.budget.max_kept(alive.shape[-1])
-        return evict(alive, score, pos, kept, self.settings.n_sink, recent, n_max)
+        kept, sinks, recent = self.split(pos + 1)
+        n_max = self.settings.token_budget.max_kept(alive.shape[-1])
+        return evict(alive, score, pos, kept, sinks, recent, n_max)
 
     def step(self, q, k, v, alive, score, pos, kv_layout):
         """One query row per batch row at position pos [B]: join, evict, attend, accumulate."""
@@ -56,7 +55,7 @@ class H2OPolicy(EvictionPolicy):
         return out, alive, score + self.group_sum(probs), logits
 
     # --- generation ----------------------------------------------------------------------------
-    def observe_prefill(self, layer, x, cache, lengths, state: EvictionState) -> EvictionState:
+    def observe_prefill(self, params, layer, x, cache, lengths, state: EvictionState) -> EvictionState:
         if self.is_dense(layer):
             return state
         capacity = cache.capacity
@@ -67,20 +66,19 @@ class H2OPolicy(EvictionPolicy):
         alive = self.evict_to_budget(alive, score, lengths - 1)
         return EvictionState(state.alive.at[layer].set(alive), state.score.at[layer].set(score))
 
-    def attend(self, layer, x, cache, state: EvictionState):
+    def attend(self, params, layer, x, cache, state: EvictionState):
         if self.is_dense(layer):
-            return dense_attend(x.q, cache.k[layer], cache.v[layer], cache.lengths + 1, self.settings.implementation), state
+            return dense_layer(layer, x, cache, self.settings.implementation), state
         out, alive, score, _ = self.step(x.q, cache.k[layer], cache.v[layer], state.alive[layer], state.score[layer],
                                          cache.lengths, "bhtd")
         return out, EvictionState(state.alive.at[layer].set(alive), state.score.at[layer].set(score))
 
     # --- decode-simulated prefill --------------------------------------------------------------
-    def simulate_layer(self, layer, x, carry):
+    def simulate_layer(self, params, layer, x, carry):
         if self.is_dense(layer):
-            out, stats = chunked_simulation(self, layer, x, lambda rows, logits: None)
+            out, stats = chunked_simulation(self.settings, x, None)
             return out, carry, stats
         b, t = x.q.shape[:2]
-        s = self.settings
         shape = (b, self.num_selection_heads, t)
 
         def row(c, i):
@@ -89,9 +87,8 @@ class H2OPolicy(EvictionPolicy):
             pos = x.positions[:, i]
             out, alive, score, logits = self.step(q, x.k, x.v, alive, score, pos, "bthd")
             q_pos = pos[:, None]
-            causal = causal_mask(q_pos, x.positions)
-            oracle = simulated_keep(self.reduce_heads(logits), q_pos, s.budget, s.n_sink, s.n_window)
-            stats = stats + layer_stats(alive[:, :, None], oracle, causal)
+            oracle = oracle_keep(logits, q_pos, x.positions, self.cfg.num_key_value_heads, self.settings)
+            stats = stats + layer_stats(alive[:, :, None], oracle, causal_mask(q_pos, x.positions))
             return (alive, score, stats), out[:, 0]
 
         init = (jnp.zeros(shape, bool), jnp.zeros(shape, jnp.float32), LayerStats.zeros())

@@ -1,6 +1,6 @@
 """Neighbour fetching (TokenButler long-context release): widen a prediction's token selection.
 
-The spec's algorithm (reference §2.9), per (batch, layer, head) on the sorted selected indices I
+The release's algorithm, per (batch, layer, head) on the sorted selected indices I
 (n of them), all in the selectable range [S, E):
 
 1. Runs: split I into maximal runs of consecutive integers; c_k = length of I_k's run.
@@ -60,7 +60,7 @@ def expand_neighbors(indices: jnp.ndarray, valid: jnp.ndarray, length: jnp.ndarr
     length: int array broadcastable to [...], E: the end of the selectable range; neighbours
         are clamped to E - 1 (on a decode step: the first token of the always-kept window).
     out_size: static number of output slots (the original's 2K). Needs out_size >= 2n to never
-        truncate; a smaller one keeps the out_size lowest tokens (the spec's truncation).
+        truncate; a smaller one keeps the out_size lowest tokens (step 4's truncation).
 
     Returns (indices, valid) [..., out_size], distinct valid tokens < E: I, its neighbours and
     the fill of step 5, at most 2 * count(valid). With out_size >= 2n, slots [0, n) hold I (the

@@ -1,16 +1,20 @@
 """Quest: page-level upper bounds from per-channel key min/max, top pages per query.
 
 A page of `page_size` tokens scores sum_c max(q_c * max_c, q_c * min_c) (an upper bound of
-q.k over the page); every token takes its page's score, and the page holding the query is
-always kept (it is the most recent one; in simulation its bound would see future tokens).
-With page_size 1 the bound is q.k itself, nothing is forced, and Quest equals Oracle.
+q.k over the page); every token takes its page's score (per-KV-head selection: the max of the
+group's bounds, a page any head may need). The page holding the query ranks first (it is the
+most recent one; in simulation its bound would see future tokens), and the current token is
+always kept (a recent window of at least one token) even when the budget is smaller than a page.
+All of it sits inside the budget. With page_size 1 the bound is q.k itself, nothing is forced,
+and Quest equals Oracle's per-query-head order.
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 
-from butler_jax.sparsity.scored import ScoredPolicy, SelectionSettings
+from butler_jax.sparsity.base import register
+from butler_jax.sparsity.scored import ScoredPolicy
 
 
 def page_bounds(k: jnp.ndarray, page_size: int, valid: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -34,16 +38,17 @@ def page_scores(q: jnp.ndarray, kmax: jnp.ndarray, kmin: jnp.ndarray) -> jnp.nda
     return bound.reshape(b, tq, hq, -1).transpose(0, 2, 1, 3)
 
 
+@register("quest")
 class QuestPolicy(ScoredPolicy):
-    """Page-granular query-aware selection."""
+    """Page-granular query-aware selection (`sparsity.page_size`)."""
 
-    name = "quest"
+    @property
+    def page_size(self) -> int:
+        return self.settings.page_size
 
-    def __init__(self, settings: SelectionSettings, cfg, page_size: int = 16):
-        super().__init__(settings, cfg)
-        if page_size < 1:
-            raise ValueError(f"quest page_size={page_size} must be >= 1")
-        self.page_size = page_size
+    @property
+    def n_recent(self) -> int:
+        return max(self.settings.n_window, 1 if self.page_size > 1 else 0)
 
     def _token_scores(self, q, k, q_pos, k_valid):
         kmax, kmin = page_bounds(k, self.page_size, k_valid)
@@ -55,12 +60,12 @@ class QuestPolicy(ScoredPolicy):
         own_page = (jnp.arange(t) // self.page_size) == (q_pos[:, None, :, None] // self.page_size)
         return jnp.where(own_page, jnp.inf, tokens)
 
-    def decode_scores(self, layer, x, cache, state):
+    def decode_scores(self, params, layer, x, cache, state):
         pos = cache.lengths
         valid = (jnp.arange(cache.capacity)[None, :] <= pos[:, None])[:, None]
         return self._token_scores(x.q, cache.k[layer], pos[:, None], valid)[:, :, 0], state
 
-    def simulated_scores(self, layer, x, rows, logits, carry):
+    def simulated_scores(self, params, layer, x, rows, logits, carry):
         k = jnp.swapaxes(x.k, 1, 2)
         valid = jnp.ones((k.shape[0], 1, k.shape[2]), bool)
         return self._token_scores(x.q[:, rows], k, x.positions[:, rows], valid)

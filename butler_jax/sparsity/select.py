@@ -1,8 +1,8 @@
 """Top-K token selection shared by the score-based policies, for decode steps and simulation.
 
 The kept set of a row = forced tokens (the first `n_sink` and the last `n_window` visible
-tokens) + the best-scored other visible tokens, `budget.kept(visible)` in total (never fewer
-than the forced ones). Ties go to the lower index in both paths, so a decode step and the
+tokens, cut to fit the budget: the newest first) + the best-scored other visible tokens,
+exactly `budget.kept(visible)` in total, so every method keeps as many tokens at one budget. Ties go to the lower index in both paths, so a decode step and the
 decode-simulated prefill select identical tokens for identical scores.
 """
 
@@ -13,6 +13,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from butler_jax.attention import softmax_probs
 from butler_jax.sparsity.budget import Budget
 from kernels.topk_select import topk_select
 
@@ -25,13 +26,38 @@ def group_reduce(scores: jnp.ndarray, num_kv_heads: int, granularity: str) -> jn
     return scores.reshape(b, num_kv_heads, hq // num_kv_heads, *scores.shape[2:]).max(axis=2)
 
 
-def forced_keys(key_pos: jnp.ndarray, query_pos: jnp.ndarray, n_sink: int, n_window: int) -> jnp.ndarray:
+def group_sum(p: jnp.ndarray, num_kv_heads: int, granularity: str) -> jnp.ndarray:
+    """Per-query-head values [B, Hq, ...] -> [B, Hsel, ...]: as is ("query") or summed over each GQA group ("kv")."""
+    if granularity == "query":
+        return p
+    b, hq = p.shape[:2]
+    return p.reshape(b, num_kv_heads, hq // num_kv_heads, *p.shape[2:]).sum(axis=2)
+
+
+def attention_mass(logits: jnp.ndarray, visible: jnp.ndarray, num_kv_heads: int, granularity: str) -> jnp.ndarray:
+    """The Oracle's ranking: true attention probabilities over the visible keys, summed over each
+    GQA group for per-KV-head selection (the group's attention mass, so a flat head cannot outvote
+    a peaked one); per query head this ranks exactly as the logits do.
+
+    logits: [B, Hq, ..., T] f32, visible: bool broadcastable to it -> [B, Hsel, ..., T] (0 where hidden)."""
+    return group_sum(softmax_probs(logits, visible), num_kv_heads, granularity)
+
+
+def forced_keys(key_pos: jnp.ndarray, query_pos: jnp.ndarray, n_sink: int, n_window: int,
+                kept: jnp.ndarray | None = None) -> jnp.ndarray:
     """Forced (always kept) keys: key_pos < n_sink or key_pos > query_pos - n_window, causal only.
 
+    With `kept` (the row's budget, broadcastable to query_pos) the forced tokens fit inside it:
+    the newest min(n_window, kept) window tokens first, then min(n_sink, what is left) sinks.
     key_pos: [T], query_pos: [...] -> bool [..., T].
     """
     q = query_pos[..., None]
-    return (key_pos <= q) & ((key_pos < n_sink) | (key_pos > q - n_window))
+    n_win, n_snk = jnp.asarray(n_window), jnp.asarray(n_sink)
+    if kept is not None:
+        kept = jnp.asarray(kept)[..., None]
+        n_win = jnp.minimum(n_win, kept)
+        n_snk = jnp.clip(kept - n_win, 0, n_snk)
+    return (key_pos <= q) & ((key_pos < n_snk) | (key_pos > q - n_win))
 
 
 def selects_ascending(budget: Budget, k_max: int, n_sink: int, n_window: int) -> bool:
@@ -43,9 +69,10 @@ def decode_select(scores: jnp.ndarray, query_pos: jnp.ndarray, budget: Budget, k
                   n_sink: int, n_window: int, implementation: str = "auto") -> tuple[jnp.ndarray, jnp.ndarray]:
     """Indices [B, Hs, k_max] and validity for the current token at query_pos [B] from scores [B, Hs, T].
 
-    A fixed token budget goes to the exact top-K kernel (`kernels.topk_select`: Pallas on GPU,
-    its lax.top_k reference elsewhere; indices ascending); a fractional budget, whose K grows
-    with the length, uses lax.top_k here."""
+    Exactly budget.kept(query_pos + 1) tokens, the forced ones (`forced_keys` inside the budget)
+    included. A fixed token budget that holds every forced token goes to the exact top-K kernel
+    (`kernels.topk_select`: Pallas on GPU, its lax.top_k reference elsewhere; indices ascending);
+    otherwise lax.top_k here."""
     if selects_ascending(budget, k_max, n_sink, n_window):
         b, hs, t = scores.shape
         lengths = jnp.repeat(query_pos + 1, hs)
@@ -53,24 +80,27 @@ def decode_select(scores: jnp.ndarray, query_pos: jnp.ndarray, budget: Budget, k
                                      implementation=implementation)
         return indices.reshape(b, hs, k_max), valid.reshape(b, hs, k_max)
     key_pos = jnp.arange(scores.shape[-1])
-    forced = forced_keys(key_pos, query_pos, n_sink, n_window)[:, None, :]
+    kept = budget.kept(query_pos + 1)
+    forced = forced_keys(key_pos, query_pos, n_sink, n_window, kept)[:, None, :]
     visible = key_pos[None, None, :] <= query_pos[:, None, None]
     finite = jnp.minimum(scores.astype(jnp.float32), jnp.finfo(jnp.float32).max)  # forced tokens outrank +inf scores
     ranked = jnp.where(forced, jnp.inf, jnp.where(visible, finite, -jnp.inf))
     values, indices = jax.lax.top_k(ranked, k_max)
-    n_kept = jnp.maximum(budget.kept(query_pos + 1), forced.sum(-1)[:, 0])
-    valid = (jnp.arange(k_max)[None, None, :] < n_kept[:, None, None]) & (values > -jnp.inf)
+    valid = (jnp.arange(k_max)[None, None, :] < kept[:, None, None]) & (values > -jnp.inf)
     return indices.astype(jnp.int32), valid
 
 
-def simulated_keep(scores: jnp.ndarray, query_pos: jnp.ndarray, budget: Budget, n_sink: int, n_window: int) -> jnp.ndarray:
-    """Keep-mask [B, Hs, Tq, T] for every query row at query_pos [B, Tq] from scores [B, Hs, Tq, T]."""
+def simulated_keep(scores: jnp.ndarray, query_pos: jnp.ndarray, budget: Budget, n_sink: int, n_window: int,
+                   kept: jnp.ndarray | None = None) -> jnp.ndarray:
+    """Keep-mask [B, Hs, Tq, T] for every query row at query_pos [B, Tq] from scores [B, Hs, Tq, T]:
+    exactly `kept` tokens per row (default budget.kept(query_pos + 1)), forced ones included."""
     key_pos = jnp.arange(scores.shape[-1])
-    forced = forced_keys(key_pos, query_pos, n_sink, n_window)[:, None]
+    kept = budget.kept(query_pos + 1) if kept is None else kept
+    forced = forced_keys(key_pos, query_pos, n_sink, n_window, kept)[:, None]
     visible = (key_pos <= query_pos[..., None])[:, None]
     candidates = visible & ~forced
     ranked = jnp.where(candidates, jnp.minimum(scores.astype(jnp.float32), jnp.finfo(jnp.float32).max), -jnp.inf)
-    n_select = jnp.maximum(budget.kept(query_pos + 1)[:, None, :, None] - forced.sum(-1, keepdims=True), 0)
+    n_select = jnp.maximum(kept[:, None, :, None] - forced.sum(-1, keepdims=True), 0)
     return forced | (candidates & top_n_mask(ranked, n_select, budget.max_kept(scores.shape[-1])))
 
 

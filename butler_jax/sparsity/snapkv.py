@@ -1,15 +1,19 @@
 """SnapKV (Li et al. 2024) as its paper defines it: one compression of the prompt at prefill end.
 
-Per (layer, selection head): votes = the softmax attention of the last `window` prompt rows over
-the prefix (keys before the window), summed over those rows (and over the GQA group's query heads
-for per-KV-head selection), max-pooled along keys (kernel `pool_kernel`, stride 1, same
-padding). Kept: the sinks + the window's tokens (forced) + the best-voted prefix tokens, K =
-budget.kept(prompt length) in total (never fewer than the forced ones); the rest is evicted for
-good. Every generated token is kept (SnapKV compresses the prompt once).
+Per (layer, selection head), for a prompt of P tokens: votes = the softmax attention of the last
+w = `observation_window` prompt rows (P-w .. P-1) over the prefix (keys before them), summed over
+those rows (and over the GQA group's query heads for per-KV-head selection), max-pooled along
+keys (kernel `pool_kernel`, stride 1, same padding). Kept: the sinks + the window's tokens
+(forced) + the best-voted prefix tokens, K(P + 1) - 1 in total (K = budget.kept), so that with
+the first generated token the step attends exactly K(P + 1) tokens, as every other method does
+at that position; the rest is evicted for good. Every generated token is kept (SnapKV
+compresses the prompt once).
 
-Simulation replays the prefill compression at every position i: votes from rows i-window+1..i of
-the full causal softmax (a sliding sum over rows via a cumulative sum, chunked over rows:
-memory O((chunk + window) x T)), pooled over keys < i-window+1, top (K_i - forced) of those.
+Simulation treats row i as the first generated token after a prompt of i tokens: votes from rows
+i-w .. i-1 (the window ends at the previous row, so row i's own query never chooses its tokens),
+pooled over keys < i-w; kept: sinks + tokens i-w .. i (the window and the current token) + the
+best-voted prefix tokens, K(i + 1) in total. The sliding sum over rows is a cumulative sum,
+chunked over rows (memory O((chunk + window) x T)).
 """
 
 from __future__ import annotations
@@ -18,36 +22,59 @@ import jax
 import jax.numpy as jnp
 
 from butler_jax.attention import attention_logits, causal_mask, softmax_probs
-from butler_jax.decode_attention import dense_attend
-from butler_jax.sparsity.eviction import EvictionPolicy, EvictionState, alive_attention, chunked_simulation
+from butler_jax.sparsity.base import dense_layer, register
+from butler_jax.sparsity.eviction import EvictionPolicy, EvictionState, alive_attention
 from butler_jax.sparsity.select import simulated_keep
+from butler_jax.sparsity.simulate import chunked_simulation
 
 
+@register("snapkv")
 class SnapKVPolicy(EvictionPolicy):
-    name = "snapkv"
+    """`sparsity.observation_window` (w) and `sparsity.pool_kernel`."""
 
-    def __init__(self, settings, cfg, window: int = 32, pool_kernel: int = 7):
-        if window < 1 or pool_kernel < 1:
-            raise ValueError(f"snapkv window={window} and pool_kernel={pool_kernel} must be >= 1")
-        super().__init__(settings, cfg)
-        self.window, self.pool_kernel = window, pool_kernel
+    @property
+    def window(self) -> int:
+        return self.settings.observation_window
 
-    def pool(self, votes: jnp.ndarray, query_pos: jnp.ndarray) -> jnp.ndarray:
-        """votes [B, H, Tq, T] -> max-pooled over keys of the prefix (key < query_pos - window + 1)."""
-        prefix = jnp.arange(votes.shape[-1]) < (query_pos - self.window + 1)[:, None, :, None]
+    def pool(self, votes: jnp.ndarray, first_window: jnp.ndarray) -> jnp.ndarray:
+        """votes [B, H, Tq, T] -> max-pooled over the prefix keys (key < first_window [B, Tq])."""
+        prefix = jnp.arange(votes.shape[-1]) < first_window[:, None, :, None]
         votes = jnp.where(prefix, votes, 0.0)  # probabilities >= 0: zero padding == -inf padding
-        k = self.pool_kernel
+        k = self.settings.pool_kernel
         pooled = jax.lax.reduce_window(votes, -jnp.inf, jax.lax.max, (1, 1, 1, k), (1, 1, 1, 1),
                                        ((0, 0), (0, 0), (0, 0), ((k - 1) // 2, k // 2)))
         return jnp.where(prefix, pooled, 0.0)
 
-    def keep_mask(self, votes: jnp.ndarray, query_pos: jnp.ndarray) -> jnp.ndarray:
-        """Kept keys [B, H, Tq, T] for rows at query_pos [B, Tq] from their summed window votes."""
+    def keep_mask(self, votes: jnp.ndarray, last: jnp.ndarray, n_forced: int, kept: jnp.ndarray) -> jnp.ndarray:
+        """Kept keys [B, H, Tq, T] among keys <= last [B, Tq]: sinks, the n_forced newest tokens
+        (at least n_window of them) and the best-pooled prefix tokens, `kept` [B, Tq] in total."""
         s = self.settings
-        return simulated_keep(self.pool(votes, query_pos), query_pos, s.budget, s.n_sink, max(self.window, s.n_window))
+        recent = max(n_forced, s.n_window)
+        return simulated_keep(self.pool(votes, last - n_forced + 1), last, s.token_budget, s.n_sink, recent, kept)
+
+    def row_keep(self, params, layer: int, x, rows: slice, logits: jnp.ndarray, carry=None) -> jnp.ndarray:
+        """Simulated keep-mask [B, Hsel, Tq, T] of query rows `rows` (logits: theirs [B, Hq, Tq, T]);
+        row i reads the probabilities of rows i-w .. i-1 only."""
+        w = self.window
+        lo = max(rows.start - w, 0)
+        extra = rows.start - lo
+        q_pos = x.positions[:, rows]
+        probs = self.group_sum(softmax_probs(logits, causal_mask(q_pos, x.positions)))
+        if extra:
+            before_pos = x.positions[:, lo:rows.start]
+            before = softmax_probs(attention_logits(x.q[:, lo:rows.start], x.k), causal_mask(before_pos, x.positions))
+            probs = jnp.concatenate([self.group_sum(before), probs], axis=2)
+        csum = jnp.cumsum(probs, axis=2)  # C[j] = sum of rows lo..j (local index j - lo)
+
+        def at(local):  # C at local row indices [n] (0 before the first row)
+            return jnp.where((local >= 0)[None, None, :, None], jnp.take(csum, jnp.clip(local, 0, None), axis=2), 0.0)
+
+        local = jnp.arange(rows.stop - rows.start) + extra  # row i's local index
+        votes = at(local - 1) - at(local - 1 - w)  # rows i-w .. i-1
+        return self.keep_mask(votes, q_pos, w + 1, self.settings.token_budget.kept(q_pos + 1))
 
     # --- generation ----------------------------------------------------------------------------
-    def observe_prefill(self, layer, x, cache, lengths, state: EvictionState) -> EvictionState:
+    def observe_prefill(self, params, layer, x, cache, lengths, state: EvictionState) -> EvictionState:
         if self.is_dense(layer):
             return state
         p = x.q.shape[1]
@@ -57,41 +84,21 @@ class SnapKVPolicy(EvictionPolicy):
         q = jnp.take_along_axis(x.q, jnp.clip(rows, 0, p - 1)[:, :, None, None], axis=1)
         keep = causal_mask(rows, x.positions, lengths) & (rows >= 0)[:, None, :, None]
         votes = self.group_sum(softmax_probs(attention_logits(q, x.k), keep).sum(axis=2))  # [B, Hsel, P]
-        keep = self.keep_mask(votes[:, :, None], (lengths - 1)[:, None])[:, :, 0]
+        last = (lengths - 1)[:, None]
+        kept = self.settings.token_budget.kept(last + 2) - 1  # K(P + 1) - 1: the first step attends K(P + 1)
+        keep = self.keep_mask(votes[:, :, None], last, self.window, kept)[:, :, 0]
         alive = jnp.zeros(state.alive.shape[1:], bool).at[..., :p].set(keep)
         return state._replace(alive=state.alive.at[layer].set(alive))
 
-    def attend(self, layer, x, cache, state: EvictionState):
+    def attend(self, params, layer, x, cache, state: EvictionState):
         if self.is_dense(layer):
-            return dense_attend(x.q, cache.k[layer], cache.v[layer], cache.lengths + 1, self.settings.implementation), state
+            return dense_layer(layer, x, cache, self.settings.implementation), state
         alive = state.alive[layer] | (jnp.arange(cache.capacity) == cache.lengths[:, None, None])
         out, _, _ = alive_attention(x.q, cache.k[layer], cache.v[layer], alive, "bhtd")
         return out, state._replace(alive=state.alive.at[layer].set(alive))
 
     # --- decode-simulated prefill --------------------------------------------------------------
-    def simulate_layer(self, layer, x, carry):
-        if self.is_dense(layer):
-            out, stats = chunked_simulation(self, layer, x, lambda rows, logits: None)
-            return out, carry, stats
-        w = self.window
-
-        def keep_fn(rows, logits):
-            # probabilities of rows [lo, stop) where lo = start - w (clipped); votes(i) = C[i] - C[i - w]
-            lo = max(rows.start - w, 0)
-            extra = rows.start - lo
-            if extra:
-                q_pos = x.positions[:, lo:rows.start]
-                before = softmax_probs(attention_logits(x.q[:, lo:rows.start], x.k), causal_mask(q_pos, x.positions))
-                before = self.group_sum(before)
-            q_pos = x.positions[:, rows]
-            probs = self.group_sum(softmax_probs(logits, causal_mask(q_pos, x.positions)))
-            full = jnp.concatenate([before, probs], axis=2) if extra else probs
-            csum = jnp.cumsum(full, axis=2)
-            n = probs.shape[2]
-            upto = csum[:, :, extra:]  # C[i] for the chunk rows
-            idx = jnp.arange(n) + extra - w  # index of C[i - w] within csum
-            shifted = jnp.where((idx >= 0)[None, None, :, None], jnp.take(csum, jnp.clip(idx, 0, None), axis=2), 0.0)
-            return self.keep_mask(upto - shifted, q_pos)
-
-        out, stats = chunked_simulation(self, layer, x, keep_fn)
+    def simulate_layer(self, params, layer, x, carry):
+        keep_fn = None if self.is_dense(layer) else (lambda rows, logits: self.row_keep(params, layer, x, rows, logits))
+        out, stats = chunked_simulation(self.settings, x, keep_fn)
         return out, carry, stats

@@ -1,4 +1,9 @@
-"""Per-layer selection statistics: effective sparsity and recall of the Oracle's top-K."""
+"""Per-layer selection statistics: effective sparsity, mean kept tokens and recall of the Oracle's top-K.
+
+The reports read `summarize` (per layer) or `sparse_layer_means` (one number per record, over
+the layers that select): `sparsity` = 1 - kept / visible keys, `kept_tokens` = kept keys per
+(query row, selection head), `oracle_recall` = kept keys the Oracle also keeps / the Oracle's.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +19,12 @@ class LayerStats(NamedTuple):
     visible: jnp.ndarray  # causally visible keys
     oracle_hits: jnp.ndarray  # kept keys that the Oracle also keeps
     oracle_kept: jnp.ndarray  # keys the Oracle keeps
+    queries: jnp.ndarray  # (query row, selection head) pairs
 
     @staticmethod
     def zeros() -> "LayerStats":
         z = jnp.zeros((), jnp.float32)
-        return LayerStats(z, z, z, z)
+        return LayerStats(z, z, z, z, z)
 
     def __add__(self, other: "LayerStats") -> "LayerStats":  # type: ignore[override]
         return LayerStats(*(a + b for a, b in zip(self, other)))
@@ -35,13 +41,23 @@ def layer_stats(keep: jnp.ndarray, oracle_keep: jnp.ndarray, visible: jnp.ndarra
         kept.astype(jnp.float32), (visible.sum(dtype=i) * (keep.shape[1] // visible.shape[1])).astype(jnp.float32),
         (keep & oracle_keep & visible).sum(dtype=i).astype(jnp.float32),
         (oracle_keep & visible).sum(dtype=i).astype(jnp.float32),
+        jnp.float32(keep.shape[0] * keep.shape[1] * keep.shape[2]),
     )
 
 
 def summarize(per_layer: list[LayerStats]) -> dict[str, list[float]]:
-    """{'sparsity': [...], 'oracle_recall': [...]} per layer from accumulated sums."""
-    sparsity, recall = [], []
+    """{'sparsity': [...], 'kept_tokens': [...], 'oracle_recall': [...]} per layer from accumulated sums."""
+    out: dict[str, list[float]] = {"sparsity": [], "kept_tokens": [], "oracle_recall": []}
     for s in per_layer:
-        sparsity.append(float(1 - s.kept / jnp.maximum(s.visible, 1)))
-        recall.append(float(s.oracle_hits / jnp.maximum(s.oracle_kept, 1)))
-    return {"sparsity": sparsity, "oracle_recall": recall}
+        out["sparsity"].append(float(1 - s.kept / max(float(s.visible), 1.0)))
+        out["kept_tokens"].append(float(s.kept / max(float(s.queries), 1.0)))
+        out["oracle_recall"].append(float(s.oracle_hits / max(float(s.oracle_kept), 1.0)))
+    return out
+
+
+def sparse_layer_means(per_layer: list[LayerStats], dense_layers: int) -> dict[str, float]:
+    """Measured `sparsity`, `kept_tokens` and `oracle_recall` pooled over layers >= dense_layers
+    (sums of the layers divided, so every key counts once); all layers when none select."""
+    layers = list(per_layer[dense_layers:]) or list(per_layer)
+    total = sum(layers[1:], layers[0])
+    return {k: v[0] for k, v in summarize([total]).items()}

@@ -3,7 +3,8 @@
 Paper predictor: reads layer 0's attention input; in simulation it runs once over the sequence;
 in generation its own cache (mini-attention K/V, importance keys) is filled at prefill and
 extended at layer 0 of every step, and consumer layer l scores the cached importance keys with
-the step's query of slot l. Long-context predictor: producers every G layers give the queries of
+the step's query of slot l (per-KV-head selection: the max of the group's predicted logits).
+Long-context predictor: producers every G layers give the queries of
 the next G layers; keys are projections of the model's own post-RoPE keys, cached per layer.
 
 With `predict_interval` i > 1 a new selection is computed every i-th step only (steps 1, 1+i,
@@ -12,9 +13,10 @@ With `predict_interval` i > 1 a new selection is computed every i-th step only (
 top-K on reuse steps.
 
 With `neighbor_fetch` every prediction (each step when i = 1) widens the scored part of the
-selection as the release does (reference §2.9, `neighbors.py`): runs of selected tokens are
-doubled to the right, so a prediction's list holds up to 2x the selected tokens plus sinks and
-window (min(2 k_max, capacity) slots); reuse steps reuse that widened list. Only the tokens
+selection as the release does (`neighbors.py`): runs of selected tokens are doubled to the
+right, so a prediction's list holds up to 2x the selected tokens plus sinks and window
+(min(2 k_max, capacity) slots); reuse steps reuse that widened list. Both options therefore keep
+up to twice the budget (the measured kept tokens of the statistics say how many). Only the tokens
 chosen by score, in [n_sink, E) with E the first token of the recent window, are expanded, and
 neighbours stay below E (as in the release, where sinks and window live outside the selection).
 Decode-simulated prefill (every query row a prediction step, no reuse) expands each row's keep
@@ -23,15 +25,19 @@ mask with the same rule, so decode and simulation still agree at i = 1.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from butler_jax.attention import attention_logits
 from butler_jax.models.predictor import PaperPredictor, importance_logits
-from butler_jax.models.predictor_longctx import LongctxPredictor, longctx_scores, serving
+from butler_jax.models.predictor_adapter import PredictorAdapter, PredictorModule
+from butler_jax.models.predictor_longctx import LongctxPredictor, longctx_scores
+from butler_jax.sparsity.base import register
 from butler_jax.sparsity.neighbors import expand_neighbor_mask, expand_neighbors
-from butler_jax.sparsity.scored import ScoredPolicy, SelectionSettings
+from butler_jax.sparsity.scored import ScoredPolicy
 from butler_jax.sparsity.select import decode_select, forced_keys, selects_ascending
 
 
@@ -43,19 +49,50 @@ class TokenButlerState(NamedTuple):
     predicted_at: jnp.ndarray  # [B] position of the query of the last prediction
 
 
-class _TokenButlerBase(ScoredPolicy):
-    name = "tokenbutler"
+@register("tokenbutler")
+@dataclass(frozen=True)
+class TokenButlerBase(ScoredPolicy):
+    """Shared by both predictor designs: the predictor module is static, its params are the
+    policy params (traced); `sparsity.predict_interval` and `sparsity.neighbor_fetch` apply."""
 
-    def __init__(self, settings: SelectionSettings, cfg, predictor, predict_interval: int = 1, neighbor_fetch: bool = False):
-        super().__init__(settings, cfg)
-        if predict_interval < 1:
-            raise ValueError(f"sparsity.predict_interval={predict_interval} must be >= 1")
-        self.module, self.params = predictor
-        self.predict_interval = predict_interval
-        self.neighbor_fetch = bool(neighbor_fetch)
+    module: PredictorModule = None  # type: ignore[assignment]
 
-    def _apply(self, method: str, *args):
-        return self.module.apply({"params": self.params}, *args, method=method)
+    @classmethod
+    def build(cls, sparsity, cfg, predictor=None):
+        if predictor is None:
+            raise ValueError("sparsity.method=tokenbutler needs a trained predictor: set predictor.checkpoint in the config")
+        module, params = predictor
+        if isinstance(module, PaperPredictor):
+            return TokenButlerPolicy(cfg, sparsity, module), params
+        if isinstance(module, LongctxPredictor):
+            return TokenButlerLongctxPolicy(cfg, sparsity, module), params
+        raise ValueError(f"TokenButler needs a PaperPredictor or LongctxPredictor, got {type(module).__name__}")
+
+    @property
+    def predict_interval(self) -> int:
+        return self.settings.predict_interval
+
+    @property
+    def neighbor_fetch(self) -> bool:
+        return bool(self.settings.neighbor_fetch)
+
+    @property
+    def adapter(self) -> PredictorAdapter:
+        return PredictorAdapter(self.module)
+
+    def _apply(self, params, method: str, *args):
+        return self.module.apply({"params": params}, *args, method=method)
+
+    # --- decode-simulated prefill: the adapter's layer map -------------------------------------
+    def init_simulation(self, params, batch: int, length: int) -> Any:
+        return None, None  # (adapter state, this layer's (qi, ki))
+
+    def observe_simulation(self, params, layer, x, carry):
+        return self.adapter.at_layer(params, layer, x, carry[0])
+
+    def simulated_scores(self, params, layer, x, rows, logits, carry):
+        qi, ki = carry[1]
+        return self.reduce_heads(attention_logits(qi[:, rows], ki))
 
     def _empty_previous(self, cfg, batch: int, capacity: int) -> tuple:
         hsel = cfg.num_key_value_heads if self.settings.granularity == "kv" else cfg.num_attention_heads
@@ -77,11 +114,11 @@ class _TokenButlerBase(ScoredPolicy):
         k = self.k_max(capacity)
         return min(2 * k, capacity) if self.neighbor_fetch else k
 
-    def _predict(self, layer, x, cache, state: TokenButlerState):
+    def _predict(self, params, layer, x, cache, state: TokenButlerState):
         """A fresh selection (indices, valid) [B, Hsel, k_select] for the step's query."""
         s, k_max = self.settings, self.k_max(cache.capacity)
-        scores, state = self.decode_scores(layer, x, cache, state)
-        idx, ok = decode_select(scores, cache.lengths, s.budget, k_max, s.n_sink, s.n_window, s.implementation)
+        scores, state = self.decode_scores(params, layer, x, cache, state)
+        idx, ok = decode_select(scores, cache.lengths, s.token_budget, k_max, s.n_sink, s.n_window, s.implementation)
         if self.neighbor_fetch:
             idx, ok = self._expand(idx, ok, cache.lengths, cache.capacity)
         return idx, ok, state
@@ -89,15 +126,19 @@ class _TokenButlerBase(ScoredPolicy):
     def _expand(self, idx, ok, query_pos, capacity: int):
         """Neighbour fetch on a decode selection: expand the scored tokens in [n_sink, E), keep the forced ones.
 
-        E = query_pos + 1 - n_window (the first always-kept recent token). The result is distinct
+        E = query_pos + 1 - n_window (the first always-kept recent token; n_window and the sinks cut
+        to the budget as `forced_keys` does). The result is distinct
         and holds at most 2 x the selected tokens, so min(2 k_max, capacity) slots suffice: slots
         [0, k) keep the selection as given (forced tokens included), [k, 2k) its new neighbours and
         fill (`expand_neighbors` puts them there whatever the order of its first k slots).
         """
         s, k = self.settings, idx.shape[-1]
-        end = (query_pos + 1 - s.n_window)[:, None]  # [B, 1]
-        forced = ok & ((idx < s.n_sink) | (idx >= end[..., None]))
-        ascending = selects_ascending(s.budget, k, s.n_sink, s.n_window)
+        kept = s.token_budget.kept(query_pos + 1)
+        n_win = jnp.minimum(s.n_window, kept)
+        n_snk = jnp.clip(kept - n_win, 0, s.n_sink)[:, None, None]  # the forced tokens of `forced_keys`
+        end = (query_pos + 1 - n_win)[:, None]  # [B, 1]
+        forced = ok & ((idx < n_snk) | (idx >= end[..., None]))
+        ascending = selects_ascending(s.token_budget, k, s.n_sink, s.n_window)
         wide, wide_ok = expand_neighbors(idx, ok & ~forced, end, 2 * k, ascending=ascending)
         merged = jnp.concatenate([idx, wide[..., k:]], -1)
         merged_ok = jnp.concatenate([ok, wide_ok[..., k:]], -1)
@@ -107,13 +148,13 @@ class _TokenButlerBase(ScoredPolicy):
         merged = jnp.sort(jnp.where(merged_ok, merged, big), -1)[..., :capacity]
         return jnp.where(merged != big, merged, 0), merged != big
 
-    def select(self, layer, x, cache, state: TokenButlerState):
+    def select(self, params, layer, x, cache, state: TokenButlerState):
         if self.predict_interval == 1:
-            return self._predict(layer, x, cache, state)
+            return self._predict(params, layer, x, cache, state)
         extra = jnp.broadcast_to(jnp.arange(1, self.predict_interval + 1, dtype=jnp.int32), (*cache.lengths.shape, self.predict_interval))
 
         def predict(_):
-            idx, ok, _ = self._predict(layer, x, cache, state)
+            idx, ok, _ = self._predict(params, layer, x, cache, state)
             return idx, ok
 
         def reuse(_):
@@ -134,74 +175,48 @@ class _TokenButlerBase(ScoredPolicy):
         if not self.neighbor_fetch:
             return keep
         s = self.settings
-        forced = forced_keys(jnp.arange(n_keys), q_pos, s.n_sink, s.n_window)[:, None]
-        return keep | expand_neighbor_mask(keep & ~forced, (q_pos + 1 - s.n_window)[:, None])
+        kept = s.token_budget.kept(q_pos + 1)
+        forced = forced_keys(jnp.arange(n_keys), q_pos, s.n_sink, s.n_window, kept)[:, None]
+        return keep | expand_neighbor_mask(keep & ~forced, (q_pos + 1 - jnp.minimum(s.n_window, kept))[:, None])
 
 
-class TokenButlerPolicy(_TokenButlerBase):
+class TokenButlerPolicy(TokenButlerBase):
     """Paper predictor (one producer at layer 0 serving every layer)."""
 
-    def init_simulation(self, batch: int, length: int) -> Any:
-        return None
-
-    def observe_simulation(self, layer, x, carry):
-        return self._apply("__call__", x.normed, x.positions) if layer == 0 else carry
-
-    def simulated_scores(self, layer, x, rows, logits, carry):
-        qi, ki = carry
-        return self.reduce_heads(importance_logits(qi[:, rows, layer], ki[:, :, layer]))
-
-    def init_state(self, cfg, batch: int, capacity: int) -> TokenButlerState:
-        cache = self._apply("init_cache", batch, capacity)
+    def init_state(self, params, batch: int, capacity: int) -> TokenButlerState:
+        cfg = self.cfg
+        cache = self._apply(params, "init_cache", batch, capacity)
         n, h, dd = cache.imp_k.shape[1], cache.imp_k.shape[2], cache.imp_k.shape[4]
         return TokenButlerState(cache, jnp.zeros((batch, n, h, dd)), jnp.zeros((), jnp.int32),
                                 self._empty_previous(cfg, batch, capacity), jnp.zeros((batch,), jnp.int32))
 
-    def observe_prefill(self, layer, x, cache, lengths, state: TokenButlerState):
+    def observe_prefill(self, params, layer, x, cache, lengths, state: TokenButlerState):
         if layer != 0:
             return state
-        _, pcache = self._apply("prefill", x.normed, x.positions, lengths, state.cache)
+        _, pcache = self._apply(params, "prefill", x.normed, x.positions, lengths, state.cache)
         return state._replace(cache=pcache)
 
-    def observe_decode(self, layer, x, cache, state: TokenButlerState):
+    def observe_decode(self, params, layer, x, cache, state: TokenButlerState):
         if layer != 0:
             return state
-        query, pcache = self._apply("step", x.normed, x.positions, state.cache)
+        query, pcache = self._apply(params, "step", x.normed, x.positions, state.cache)
         return self.advance(state._replace(cache=pcache, query=query[:, 0]), cache)
 
-    def decode_scores(self, layer, x, cache, state: TokenButlerState):
+    def decode_scores(self, params, layer, x, cache, state: TokenButlerState):
         q = state.query[:, layer][:, None]  # [B, 1, H, d']
         k = jnp.swapaxes(state.cache.imp_k[:, layer], 1, 2)  # [B, T, H, d']
         return self.reduce_heads(importance_logits(q, k)[:, :, 0]), state
 
 
-class TokenButlerLongctxPolicy(_TokenButlerBase):
+class TokenButlerLongctxPolicy(TokenButlerBase):
     """Long-context producer predictor; importance keys cached per layer in the model dtype."""
 
     @property
     def frequency(self) -> int:
         return self.module.pcfg.producer_frequency
 
-    def init_simulation(self, batch: int, length: int) -> Any:
-        return {}
-
-    def observe_simulation(self, layer, x, carry):
-        if layer in self.module_producers():
-            carry = {**carry, layer: self._apply("queries", layer, x.residual)}
-        return carry
-
-    def module_producers(self) -> tuple[int, ...]:
-        from butler_jax.models.predictor_longctx import producer_layers
-
-        return producer_layers(self.cfg.num_hidden_layers, self.frequency)
-
-    def simulated_scores(self, layer, x, rows, logits, carry):
-        producer, slot = serving(layer, self.frequency)
-        queries = carry[producer][:, rows, slot]  # [B, Tq, H, d']
-        keys = self._apply("project_keys", layer, x.k)  # [B, T, Hkv, d']
-        return self.reduce_heads(longctx_scores(queries, keys))
-
-    def init_state(self, cfg, batch: int, capacity: int) -> TokenButlerState:
+    def init_state(self, params, batch: int, capacity: int) -> TokenButlerState:
+        cfg = self.cfg
         dt = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
         dd = self.module.pcfg.dDash
         keys = tuple(jnp.zeros((batch, cfg.num_key_value_heads, capacity, dd), dt) for _ in range(cfg.num_hidden_layers))
@@ -209,22 +224,22 @@ class TokenButlerLongctxPolicy(_TokenButlerBase):
         return TokenButlerState(keys, query, jnp.zeros((), jnp.int32), self._empty_previous(cfg, batch, capacity),
                                 jnp.zeros((batch,), jnp.int32))
 
-    def observe_prefill(self, layer, x, cache, lengths, state: TokenButlerState):
+    def observe_prefill(self, params, layer, x, cache, lengths, state: TokenButlerState):
         keys = list(state.cache)
-        block = jnp.swapaxes(self._apply("project_keys", layer, x.k), 1, 2).astype(keys[layer].dtype)
+        block = jnp.swapaxes(self._apply(params, "project_keys", layer, x.k), 1, 2).astype(keys[layer].dtype)
         keys[layer] = jax.lax.dynamic_update_slice(keys[layer], block, (0, 0, 0, 0))
         return state._replace(cache=tuple(keys))
 
-    def observe_decode(self, layer, x, cache, state: TokenButlerState):
+    def observe_decode(self, params, layer, x, cache, state: TokenButlerState):
         keys = list(state.cache)
         rows = jnp.arange(x.k.shape[0])
-        new = self._apply("project_keys", layer, x.k)[:, 0].astype(keys[layer].dtype)  # [B, Hkv, d']
+        new = self._apply(params, "project_keys", layer, x.k)[:, 0].astype(keys[layer].dtype)  # [B, Hkv, d']
         keys[layer] = keys[layer].at[rows, :, cache.lengths].set(new)
         state = state._replace(cache=tuple(keys))
         if layer == 0:
             state = self.advance(state, cache)
-        if layer in self.module_producers():
-            produced = self._apply("queries", layer, x.residual)[:, 0].astype(state.query.dtype)  # [B, G, H, d']
+        if layer in self.adapter.producers:
+            produced = self._apply(params, "queries", layer, x.residual)[:, 0].astype(state.query.dtype)  # [B, G, H, d']
             served = range(layer + 1, min(layer + 1 + self.frequency, self.cfg.num_hidden_layers))
             query = state.query
             for slot, consumer in enumerate(served):
@@ -232,17 +247,7 @@ class TokenButlerLongctxPolicy(_TokenButlerBase):
             state = state._replace(query=query)
         return state
 
-    def decode_scores(self, layer, x, cache, state: TokenButlerState):
+    def decode_scores(self, params, layer, x, cache, state: TokenButlerState):
         q = state.query[:, layer][:, None]  # [B, 1, H, d']
         k = jnp.swapaxes(state.cache[layer], 1, 2)  # [B, T, Hkv, d']
         return self.reduce_heads(longctx_scores(q, k)[:, :, 0]), state
-
-
-def make_tokenbutler(settings: SelectionSettings, cfg, predictor, **kwargs) -> _TokenButlerBase:
-    """The TokenButler policy matching the predictor module's design."""
-    module = predictor[0]
-    if isinstance(module, PaperPredictor):
-        return TokenButlerPolicy(settings, cfg, predictor, **kwargs)
-    if isinstance(module, LongctxPredictor):
-        return TokenButlerLongctxPolicy(settings, cfg, predictor, **kwargs)
-    raise ValueError(f"TokenButler needs a PaperPredictor or LongctxPredictor, got {type(module).__name__}")

@@ -109,28 +109,44 @@ def train(cfg: RunConfig, resume: bool = False, student_factory: StudentFactory 
     bar = tqdm(total=tc.steps, initial=start, disable=not (tc.progress and is_main), desc="train", unit="step")
     row: dict[str, Any] = {}
     timed_tokens, timed_seconds = 0, 0.0
+    # the host reads metrics only at log and checkpoint steps (no sync per step): a non-finite
+    # step changes nothing (the step skips its update), so `bad` (any non-finite step since the
+    # last check) is checked before anything is saved or logged
+    bad = jnp.zeros((), bool)
+    first_bad = jnp.full((), -1, jnp.int32)
+    mark, mark_step = time.perf_counter(), start
+    warmup_steps = len(cfg.data.mixed_lengths) or 1
     try:
         for step in range(start, tc.steps):
-            t0 = time.perf_counter()
             tokens = put_global(data.batch(step), tokens_sharding)
             state, metrics = step_fn(state, frozen, tokens, step_key)
-            finite = bool(jax.device_get(metrics["finite"]))
-            seconds = time.perf_counter() - t0
-            compiled = step >= start + len(cfg.data.mixed_lengths or (0,))  # a length's first step compiles
-            if compiled:
-                timed_tokens, timed_seconds = timed_tokens + tokens_per_step, timed_seconds + seconds
-            if not finite:
+            first_bad = jnp.where(bad | metrics["finite"], first_bad, step + 1)
+            bad = bad | ~metrics["finite"]
+            done = step + 1
+            logs = done % tc.log_every == 0 or done == tc.steps
+            if not (logs or done == start + warmup_steps or done % tc.save_every == 0 or done == tc.steps):
+                bar.update(1)
+                continue
+            if bool(jax.device_get(bad)):  # the one sync, at log / checkpoint steps (and after the first)
                 last = ckpt.latest_step()
                 raise NonFiniteLossError(
-                    f"non-finite loss or gradient at step {step + 1} (loss={float(metrics['loss'])}, grad_norm="
-                    f"{float(metrics['grad_norm'])}); nothing was saved for it. The last good checkpoint is "
-                    f"{'step ' + str(last) if last is not None else 'none'} in {ckpt.directory}. Lower "
-                    "train.learning_rate or train.grad_clip, or check the data, then run again with --resume."
+                    f"non-finite loss or gradient at step {int(first_bad)}; nothing was saved after it (the "
+                    f"metrics at step {done}: loss={float(metrics['loss'])}, grad_norm={float(metrics['grad_norm'])}). "
+                    f"The last good checkpoint is {'step ' + str(last) if last is not None else 'none'} in "
+                    f"{ckpt.directory}. Lower train.learning_rate or train.grad_clip, or check the data, then run "
+                    "again with --resume."
                 )
-            done = step + 1
+            now = time.perf_counter()
+            tps = None
+            if done == start + warmup_steps:  # a process compiles once per row length: those steps are not timed
+                mark, mark_step = now, done
+            elif done > mark_step:
+                seconds, n = now - mark, done - mark_step
+                timed_tokens, timed_seconds = timed_tokens + n * tokens_per_step, timed_seconds + seconds
+                tps = n * tokens_per_step / seconds
+                mark, mark_step = now, done
             ckpt.save(done, state, meta, force=done == tc.steps)
-            if done % tc.log_every == 0 or done == tc.steps:
-                tps = tokens_per_step / seconds if compiled else None
+            if logs:
                 row = _host_row(done, metrics, layers, tps, data.position(step)[0])
                 if writer is not None:
                     writer.write(row)

@@ -29,7 +29,7 @@ import ml_dtypes
 import numpy as np
 
 from butler_jax.config import ModelConfig, PredictorConfig, from_dict
-from butler_jax.models.predictor_io import count_params
+from butler_jax.models.predictor_adapter import count_params
 from butler_jax.models.predictor_longctx import producer_layers
 from butler_jax.weights.errors import CheckpointError
 from butler_jax.weights.flax_checkpoint import flatten, load_tree, save_tree, unflatten
