@@ -1,6 +1,6 @@
-"""Exact per-row top-K token selection with sinks and a recent window: the 256-way histogram
-radix select (method="hist", "auto" = the default; `kernels.hist_select`), and the earlier
-sampled bracket select (radix fallback) and 16-way radix select, kept as methods.
+"""Exact per-row top-K token selection with sinks and a recent window: the sampled bracket select
+(radix fallback) and the 16-way radix select ("auto", the default, takes the faster of the two by
+row count), and the 256-way histogram radix select (method="hist"; `kernels.hist_select`).
 
 Every score maps to an order-preserving int32 key (f32 bits, negatives flipped); forced tokens
 (sinks [0, n_sink) and the window [length - n_recent, length)) get FORCED_KEY, above every score
@@ -9,7 +9,7 @@ The selection is then "the K largest keys, ties by lower index, INVALID never ta
 methods find th, the K-th largest key of the row, and emit the keys > th plus the first
 (K - count above) keys == th by index, in ascending token order.
 
-Sampled bracket select (method="sampled"; four Pallas
+Sampled bracket select (method="sampled", and "auto" from 16 rows; four Pallas
 kernels, two reads of the row):
 
 1. Guess (grid (R,)): a stratified sample of `sample` keys over the row's valid tokens
@@ -35,7 +35,7 @@ tokens; `cap` holds 1.5x a segment's expected band (+4 std + 16) at the worst ba
 the lengths (K, T], `lanes` 1.25x a whole row's band at length T (its largest), so shorter rows
 stay on the fast path. Rows shorter than `_MIN_SAMPLED_T` tokens always use the radix path.
 
-Radix select (method="radix", and the sampled path's fallback):
+Radix select (method="radix", "auto" below 16 rows, and the sampled path's fallback):
 
 1. Radix passes (Pallas): each pass reads the row once and counts, per row, the keys >= 16
    candidate thresholds sharing the prefix found so far, fixing 4 more bits of the K-th largest
@@ -43,8 +43,8 @@ Radix select (method="radix", and the sampled path's fallback):
 2. Compaction (Pallas, one more read): per-block counts (one fused XLA read) give each block
    its slot and tie offsets, and each block scatters its indices by an in-block cumsum.
 
-H200, 2026-12-02 (bench/results/select_h200.md): 8 x 131072 f32 sampled 87.7 us, radix 78.2;
-32 rows 105.8 / 161.2; lax.top_k 210 / 972.
+H200, 2026-12-02 (bench/results/select_h200.md): 8 x 131072 f32 sampled 97.3 us, radix 81.2,
+hist 111.8; 32 rows 107.8 / 158.9 / 355.8; lax.top_k 216 / 973.
 H100, 32 x 131072, K=8192 (bench/results/select_h100.md): sampled 106 us f32 / 90 us bf16,
 radix 170 / 107 us, lax.top_k 994 / 614 us; 8 rows: radix 87 / 53 us.
 
@@ -83,6 +83,11 @@ _GUESS_BITS = 20  # key bits the guess resolves for f32 (bf16 keys have 16)
 _SEGMENTS = 16  # target segments per row: programs per row of the bracket and emit passes
 _STEP_BITS = 2  # key bits per in-register search iteration (2**bits thresholds, one reduction)
 _MIN_SAMPLED_T = 256  # shorter rows go straight to the radix path
+# "auto" takes the sampled path from this many rows, the radix path below: the fastest measured
+# (H200 2026-12-02, 131072 f32 keys: 8 rows radix 81 us, sampled 97, hist 112; 32 rows sampled 108,
+# radix 159, hist 356; bench/results/select_h200.md). hist is kept by name: its launches and
+# one-hot histograms cost more than the passes they replace.
+_MIN_SAMPLED_ROWS = 16
 
 
 class _Plan(NamedTuple):
@@ -477,11 +482,11 @@ def _radix_select(scores, lengths, k, *, n_sink, n_recent, interpret):
 @functools.partial(jax.jit, static_argnames=("k", "n_sink", "n_recent", "interpret", "method"))
 def _topk_select_pallas(scores, lengths, k, n_sink, n_recent, interpret, method="auto"):
     kw = dict(n_sink=n_sink, n_recent=n_recent, interpret=interpret)
-    t = scores.shape[1]
-    if method in ("auto", "hist"):
+    r, t = scores.shape
+    if method == "hist":
         return hist_select(scores, k, lengths, n_sink=n_sink, n_recent=n_recent,
                            interpret=interpret)
-    if method == "radix" or t < _MIN_SAMPLED_T:
+    if method == "radix" or t < _MIN_SAMPLED_T or (method == "auto" and r < _MIN_SAMPLED_ROWS):
         return _radix_select(scores, lengths, k, **kw)
     fast, ok = _sampled_select(scores, lengths, k, plan=_plan(t, k), **kw)
     return jax.lax.cond(jnp.all(ok), lambda: fast,
@@ -518,10 +523,10 @@ def topk_select(scores: jax.Array, k: int, lengths: jax.Array | None = None, *, 
     scores: [R, T] f32 or bf16 (-inf allowed); lengths: [R] int32 or None (= T); token t of row r
     is valid iff t < lengths[r]. Forced: [0, n_sink) and [length - n_recent, length), inside the
     K budget. The others are ranked by score, ties to the lower index.
-    method (Pallas only): "hist" = the 256-way radix select with dot histograms
-    (`kernels.hist_select`; "auto", the default); "sampled" = sampled bracket select, falling
-    back to the radix select when its bracket fails for any row; "radix" = the 16-way radix
-    select. All are exact.
+    method (Pallas only): "auto" (default) = "sampled" from 16 rows, else "radix" (the faster
+    measured); "sampled" = sampled bracket select, falling back to the radix select when its
+    bracket fails for any row; "radix" = the 16-way radix select; "hist" = the 256-way radix
+    select with dot histograms (`kernels.hist_select`). All are exact.
     Returns indices [R, K] int32 in ascending token order and valid [R, K] bool; slots past the
     row's count (fewer than K valid tokens) are valid=False with index 0.
     """
