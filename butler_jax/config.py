@@ -16,9 +16,7 @@ from typing import Any, Literal, Optional, TypeVar, get_args, get_origin
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or invalid."""
+from butler_jax.errors import ConfigError
 
 
 RopeType = Literal["default", "linear", "llama3"]

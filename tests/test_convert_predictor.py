@@ -14,7 +14,7 @@ import yaml
 import convert_torch
 from butler_jax.config import ModelConfig, PredictorConfig
 from butler_jax.models.predictor import init_predictor
-from butler_jax.weights.errors import CheckpointError
+from butler_jax.errors import CheckpointError
 from butler_jax.weights.flax_checkpoint import flatten, unflatten
 from butler_jax.weights.predictor_torch import (HF_PREFIX, ConvertedPredictor, load_jax_predictor, read_torch_predictor,
                                                 write_torch_predictor)

@@ -10,7 +10,7 @@ import jax
 from butler_jax.config import ModelConfig, PredictorConfig, from_dict
 from butler_jax.models.predictor import PaperPredictor, paper_param_count
 from butler_jax.models.predictor_longctx import LongctxPredictor, longctx_param_count
-from butler_jax.weights.errors import CheckpointError
+from butler_jax.errors import CheckpointError
 from butler_jax.weights.flax_checkpoint import load_tree, save_tree
 
 NAME = "predictor"

@@ -13,9 +13,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint folder cannot be used as asked (missing, or would be overwritten)."""
+from butler_jax.errors import CheckpointError
 
 
 class Checkpoints:

@@ -13,8 +13,9 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
+from butler_jax.errors import CheckpointError, NonFiniteLossError
 from butler_jax.models.llama import LlamaForCausalLM
-from butler_jax.train.checkpoint import CheckpointError, Checkpoints, abstract_like
+from butler_jax.train.checkpoint import Checkpoints, abstract_like
 from butler_jax.train.config import RunConfig
 from butler_jax.train.data import PackedData, build_data
 from butler_jax.train.mesh import batch_sharding, check_batch, fsdp_shardings, make_mesh, put_global, put_tree, replicated
@@ -23,10 +24,6 @@ from butler_jax.train.optim import make_optimizer
 from butler_jax.train.step import TrainState, jit_train_step, make_train_step
 from butler_jax.train.student import StudentFactory, make_student
 from butler_jax.weights import model_from_config
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss or gradient norm became NaN / inf; the run stopped without saving that state."""
 
 
 def _host_row(step: int, metrics: dict[str, Any], layers: tuple[int, ...], tokens_per_s: float | None,

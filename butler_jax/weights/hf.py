@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from butler_jax.config import ModelConfig, RopeScaling
-from butler_jax.weights.errors import CheckpointError
+from butler_jax.errors import CheckpointError
 from butler_jax.weights.names import hf_state_dict_to_params, params_to_hf_state_dict
 from butler_jax.weights.tensors import read_state_dict_dir, write_safetensors
 

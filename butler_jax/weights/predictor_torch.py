@@ -31,7 +31,7 @@ import numpy as np
 from butler_jax.config import ModelConfig, PredictorConfig, from_dict
 from butler_jax.models.predictor_io import count_params
 from butler_jax.models.predictor_longctx import producer_layers
-from butler_jax.weights.errors import CheckpointError
+from butler_jax.errors import CheckpointError
 from butler_jax.weights.flax_checkpoint import flatten, load_tree, save_tree, unflatten
 from butler_jax.weights.hf import config_from_hf
 from butler_jax.weights.tensors import load_torch_file, numpy_to_torch, read_safetensors, torch_to_numpy, write_safetensors
@@ -103,6 +103,15 @@ def _check(state: dict[str, np.ndarray], expected: dict[str, tuple[int, ...] | N
         if expected[name] is not None and tuple(state[name].shape) != expected[name]:
             raise CheckpointError(f"{where}: tensor {name!r} has shape {tuple(state[name].shape)}, "
                                   f"expected {expected[name]}; {hint}")
+        _check_values(state[name], name, where)
+
+
+def _check_values(array: np.ndarray, name: str, where: str) -> None:
+    """Raise unless `array` is floating point and finite (an int64 or NaN tensor is no predictor weight)."""
+    if not np.issubdtype(array.dtype, np.floating) and array.dtype != ml_dtypes.bfloat16:
+        raise CheckpointError(f"{where}: tensor {name!r} has dtype {array.dtype}; predictor weights are floating point")
+    if not np.isfinite(array.astype(np.float32)).all():
+        raise CheckpointError(f"{where}: tensor {name!r} holds NaN or infinite values; the checkpoint is damaged")
 
 
 # ----------------------------------------------------------------------------- paper predictor
@@ -417,7 +426,7 @@ def write_torch_predictor(conv: ConvertedPredictor, path: str | Path, fmt: str |
 def save_jax_predictor(conv: ConvertedPredictor, directory: str | Path) -> Path:
     """predictor.safetensors + predictor.json (+ torch_carried.safetensors) in `directory`."""
     meta = {"predictor": dataclasses.asdict(conv.pcfg), "model_shape": {k: v for k, v in conv.shape.items() if k != "head_dim"},
-            "head_dim": conv.shape["head_dim"], "torch_source": conv.source}
+            "head_dim": conv.shape["head_dim"], "torch_source": conv.source, "torch_carried": sorted(conv.carried)}
     out = save_tree(conv.params, directory, "predictor", meta)
     if conv.carried:
         write_safetensors(conv.carried, out / CARRIED_FILE)
@@ -431,6 +440,10 @@ def load_jax_predictor(directory: str | Path) -> ConvertedPredictor:
     shape = {**meta["model_shape"], "head_dim": meta.get("head_dim")}
     carried_file = Path(directory) / CARRIED_FILE
     carried = read_safetensors(carried_file) if carried_file.is_file() else {}
+    if "torch_carried" in meta and sorted(carried) != meta["torch_carried"]:
+        raise CheckpointError(f"{str(carried_file)!r} does not hold the {len(meta['torch_carried'])} carried tensors "
+                              "predictor.json lists (a file left by another conversion?); convert the source again "
+                              "into a new folder")
     source = meta.get("torch_source") or {"format": "longctx" if pcfg.kind == "longctx" else pcfg.variant}
     return ConvertedPredictor(unflatten(flatten(params)), pcfg, shape, carried, source)
 
