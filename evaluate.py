@@ -14,9 +14,10 @@ import argparse
 import sys
 
 from butler_jax.cli import add_debug_flag, run_cli
+from butler_jax.config import PROJECT_ROOT
 from butler_jax.eval.cli import run_from_config
 
-DEFAULT_CONFIG = "configs/eval_default.yaml"
+DEFAULT_CONFIG = str(PROJECT_ROOT / "configs" / "eval_default.yaml")
 
 
 def main(argv: list[str] | None = None) -> None:
