@@ -308,6 +308,8 @@ class PredictorConfig:
     producer_frequency: int = 4  # longctx only
     dropout: float = 0.1
     int8_keys: bool = False  # longctx only
+    key_proj_heads: Literal["kv", "attention"] = "kv"  # longctx: key_cache_proj per KV head, or per attention
+    # head as some releases store it (kept exact; averaged over each GQA group when used)
     checkpoint: str = ""
 
     def __post_init__(self) -> None:

@@ -338,7 +338,9 @@ def longctx_from_torch(dicts: list[dict[str, np.ndarray]], mcfg: ModelConfig, wh
     if group < 1 or out % (mcfg.num_attention_heads * d_dash):
         raise CheckpointError(f"{where}: q_mlps.0.2.weight has {out} rows, not G*heads*dDash for "
                               f"heads={mcfg.num_attention_heads}, dDash={d_dash}; {hint}")
-    pcfg = PredictorConfig(kind="longctx", dDash=d_dash, intdim=intdim, producer_frequency=group)
+    per_head = heads != mcfg.num_key_value_heads
+    pcfg = PredictorConfig(kind="longctx", dDash=d_dash, intdim=intdim, producer_frequency=group,
+                           key_proj_heads="attention" if per_head else "kv")
     n_prod = len(producer_layers(mcfg.num_hidden_layers, group))
     if len(dicts) != n_prod:
         raise CheckpointError(f"{where}: holds {len(dicts)} producer dicts; {mcfg.num_hidden_layers} layers with "
@@ -359,11 +361,7 @@ def longctx_from_torch(dicts: list[dict[str, np.ndarray]], mcfg: ModelConfig, wh
             "mlp_0": {"kernel": _cast(state["q_mlps.0.0.weight"], dtype, True)},
             "mlp_2": {"kernel": _cast(state["q_mlps.0.2.weight"], dtype, True)}}
     proj = np.stack([dicts[max(l - 1, 0) // group]["key_cache_proj"][l] for l in range(layers)])
-    note = ""
-    if heads != mcfg.num_key_value_heads:
-        g = heads // mcfg.num_key_value_heads
-        proj = proj.astype(np.float32).reshape(layers, mcfg.num_key_value_heads, g, head_dim, d_dash).mean(2).astype(proj.dtype)
-        note = f"key_cache_proj averaged over each group of {g} attention heads (not invertible)"
+    note = f"key_cache_proj kept per attention head (averaged over each group of {mcfg.num_groups} at use)" if per_head else ""
     params["key_cache_proj"] = _cast(proj, dtype)
     return params, pcfg, note
 
