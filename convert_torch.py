@@ -2,6 +2,7 @@
 
     python convert_torch.py llama-to-jax meta-llama/Llama-3.2-1B out/llama1b [--dtype bfloat16]
     python convert_torch.py jax-to-hf out/llama1b out/llama1b-hf [--tokenizer meta-llama/Llama-3.2-1B]
+    python convert_torch.py jax-to-hf out/llama1b out/llama1b-butler --predictor out/pred   # a whole Butler model
     python convert_torch.py predictor-to-jax L3_1B_2k_1PC.pt out/pred --format v1 --model configs/llama-3.2-1b.yaml
     python convert_torch.py predictor-to-jax path/to/Llama-3.2-1B-Butler out/pred --format hf-butler
     python convert_torch.py predictor-to-jax L3_8Bi_d16_i512_pf4.pt out/pred --format longctx --model configs/llama-3.1-8b.yaml
@@ -42,7 +43,7 @@ from butler_jax.weights import load_model, load_tokenizer, save_hf_directory
 from butler_jax.weights.hf import cast_tree
 from butler_jax.weights.model_checkpoint import is_jax_model_dir, load_jax_model, save_jax_model
 from butler_jax.weights.predictor_torch import (FORMATS, cast_converted, load_jax_predictor, read_torch_predictor,
-                                               save_jax_predictor, write_torch_predictor)
+                                               save_jax_predictor, write_hf_butler_directory, write_torch_predictor)
 
 DTYPES = ("float32", "bfloat16")
 
@@ -101,6 +102,13 @@ def jax_to_hf(args: argparse.Namespace) -> str:
     if args.dtype:
         cfg, params = dataclasses.replace(cfg, dtype=args.dtype), cast_tree(params, args.dtype)
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
+    if args.predictor:
+        conv = load_jax_predictor(args.predictor)
+        if args.dtype:
+            conv = cast_converted(conv, args.dtype)
+        with staged(args.target) as tmp:
+            write_hf_butler_directory(params, cfg, conv, tmp, tokenizer)
+        return f"wrote {args.out}: HF Butler directory, dtype {cfg.dtype}, {_count(params):,} backbone parameters + {conv.summary()}"
     with staged(args.target) as tmp:
         save_hf_directory(params, cfg, tmp, tokenizer)
     return f"wrote {args.out}: HF Llama directory, dtype {cfg.dtype}, {_count(params):,} parameters"
@@ -150,12 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--model", help="YAML with a model: section giving the dims (not needed for an hf-butler directory)")
         if name == "jax-to-hf":
             p.add_argument("--tokenizer", help="tokenizer source to save alongside (HF dir, hub id, .gguf, embedded)")
+            p.add_argument("--predictor", help="a JAX v2 predictor directory: write a whole HF Butler model "
+                                               "(backbone + predictor + config)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.target = check_output(args.src, args.out, args.force)
+    if getattr(args, "predictor", None):
+        check_output(args.predictor, args.out, args.force)
     print(args.fn(args))
     return 0
 

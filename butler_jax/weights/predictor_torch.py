@@ -306,6 +306,53 @@ def write_hf_butler(conv: ConvertedPredictor, path: str | Path) -> Path:
     return Path(path)
 
 
+BUTLER_README = """# TokenButler model exported by butler-jax
+
+`model.safetensors` holds the Llama backbone and the predictor (`model.layers.0.self_attn.sparse_*`);
+`config.json` is a Llama config with `model_type: llama_butler` and the predictor's sizes. butler-jax
+reads it back with `convert_torch.py llama-to-jax` (backbone) and `predictor-to-jax --format hf-butler`
+(predictor). `transformers` needs the Butler remote-code modeling file, which butler-jax cannot
+redistribute: copy it (and the `auto_map` entry of its config.json) from the original Butler repository.
+"""
+
+
+def butler_config(cfg: ModelConfig, pcfg: PredictorConfig, torch_dtype: str) -> dict:
+    """An HF Butler `config.json`: the Llama config plus `model_type: llama_butler` and the predictor sizes."""
+    from butler_jax.weights.hf import BUTLER_MODEL_TYPE, config_to_hf
+
+    return {**config_to_hf(cfg, torch_dtype), "model_type": BUTLER_MODEL_TYPE, "architectures": ["LlamaButlerForCausalLM"],
+            "producer_frequency": cfg.num_hidden_layers, "dDash": pcfg.dDash, "intdim": pcfg.intdim,
+            "attn_reduce_factor": pcfg.attn_reduce_factor, "eval_llm_mode": "ExpPred", "token_sparse_method": "fixed_50pc"}
+
+
+def write_hf_butler_directory(params: dict, cfg: ModelConfig, conv: ConvertedPredictor, out: str | Path,
+                              tokenizer=None) -> Path:
+    """A whole HF Butler directory: config.json, model.safetensors (backbone + predictor), README, tokenizer."""
+    from butler_jax.weights.names import params_to_hf_state_dict
+
+    if conv.pcfg.kind != "paper" or conv.pcfg.variant != "v2":
+        raise CheckpointError(f"an HF Butler model holds a paper v2 predictor, not {conv.pcfg.kind} {conv.pcfg.variant}",
+                              fix="pass a v2 predictor with --predictor, or export the backbone alone")
+    declared = {k: v for k, v in conv.shape.items() if v is not None}
+    if {k: v for k, v in _shape_of(cfg).items() if k in declared} != declared:
+        raise CheckpointError(f"the predictor serves a model of shape {conv.shape}, not this one's {_shape_of(cfg)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = params_to_hf_state_dict(params, cfg)
+    state.update({HF_PREFIX + PRED + k: v for k, v in paper_to_torch(conv.params, conv.pcfg, cfg).items()})
+    # the head predictor lives beside the token predictor; a paper .pt's frozen layer-0 q/k/v/o copies are
+    # the backbone's own layer-0 weights in a Butler model, so they are not written twice
+    state.update({(k if k.startswith(HF_PREFIX) else HF_PREFIX + k): v for k, v in conv.carried.items()
+                  if k.startswith(HF_PREFIX) or k.startswith("sparse_head_predictor.")})
+    dtype = "bfloat16" if cfg.dtype == "bfloat16" else "float32"
+    (out / "config.json").write_text(json.dumps(butler_config(cfg, conv.pcfg, dtype), indent=2))
+    write_safetensors(state, out / "model.safetensors", metadata={"format": "pt"})
+    (out / "README.md").write_text(BUTLER_README)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out))
+    return out
+
+
 # ----------------------------------------------------------------------------- long-context producers
 
 
