@@ -57,12 +57,14 @@ def _source_dtype(source: str) -> str:
     return "float32"
 
 
-def check_output(src: str, out: str, force: bool) -> Path:
-    """The resolved OUT, refused when it is, lies inside or contains SRC, or exists without `force`."""
-    source, target = Path(src).expanduser().resolve(), Path(out).expanduser().resolve()
-    if source.exists() and (target == source or source in target.parents or target in source.parents):
-        raise ConfigError(f"output {out!r} would overwrite the source {src!r} (it is, lies inside, or contains it)",
-                          fix="write to a path outside the source; --force never replaces the source")
+def check_output(sources: list[str], out: str, force: bool) -> Path:
+    """The resolved OUT, refused when it is, lies inside or contains a source, or exists without `force`."""
+    target = Path(out).expanduser().resolve()
+    for src in sources:
+        source = Path(src).expanduser().resolve()
+        if source.exists() and (target == source or source in target.parents or target in source.parents):
+            raise ConfigError(f"output {out!r} would overwrite the source {src!r} (it is, lies inside, or contains it)",
+                              fix="write to a path outside the source; --force never replaces the source")
     if target.exists() and not force:
         raise ConfigError(f"output {out!r} already exists", fix="choose a new path, or pass --force to replace it")
     return target
@@ -165,9 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.target = check_output(args.src, args.out, args.force)
-    if getattr(args, "predictor", None):
-        check_output(args.predictor, args.out, args.force)
+    sources = [args.src] + ([args.predictor] if getattr(args, "predictor", None) else [])
+    args.target = check_output(sources, args.out, args.force)
     print(args.fn(args))
     return 0
 
