@@ -71,6 +71,20 @@ def _bad_tensor(kind: str) -> Callable[[Path], dict[str, str]]:
     return build
 
 
+def _wrong_rank(tmp: Path) -> dict[str, str]:
+    state = _paper_state("v2", "float32")
+    state["sparse_token_predictor.input_proj.weight"] = state["sparse_token_predictor.input_proj.weight"].flatten()
+    torch.save([state], tmp / "bad.pt")
+    return {"pt": str(tmp / "bad.pt"), "yaml": _model_yaml(tmp)}
+
+
+def _text(data: bytes, name: str) -> Callable[[Path], dict[str, str]]:
+    def build(tmp: Path) -> dict[str, str]:
+        (tmp / name).write_bytes(data)
+        return {"text": str(tmp / name)}
+    return build
+
+
 def _yaml(text: bytes | str, name: str = "bad.yaml") -> Callable[[Path], dict[str, str]]:
     def build(tmp: Path) -> dict[str, str]:
         path = tmp / name
@@ -119,6 +133,9 @@ CASES = [
     Case("NaN predictor tensor", convert_torch.main,
          lambda p: ["predictor-to-jax", p["pt"], p["pt"] + ".out", "--format", "v2", "--model", p["yaml"]],
          "NaN or infinite", _bad_tensor("nan"), ("pt",)),
+    Case("wrong-rank predictor tensor", convert_torch.main,
+         lambda p: ["predictor-to-jax", p["pt"], p["pt"] + ".out", "--format", "v2", "--model", p["yaml"]],
+         "'input_proj.weight' has shape (512,), expected 2 dimensions", _wrong_rank, ("pt",)),
     # config files
     Case("missing config file", train.main, lambda p: ["--config", "/nonexistent/x.yaml"], "'/nonexistent/x.yaml' does not exist"),
     Case("YAML syntax error names file:line", train.main, lambda p: ["--config", p["cfg"]], "bad.yaml:3:1 is not valid YAML",
@@ -131,6 +148,12 @@ CASES = [
     Case("negative learning rate", train.main, lambda p: [*TRAIN_BASE, "train.learning_rate=-1"], "train.learning_rate=-1"),
     Case("seq_len beyond the model's positions", train.main,
          lambda p: [*TRAIN_BASE, "data.seq_len=4096", "train.query_chunk=64"], "data.seq_len=4096 exceeds"),
+    Case("non-UTF-8 training text", train.main,
+         lambda p: [*TRAIN_BASE, f"data.sources=[{p['text']}]", f"train.output_dir={p['text']}.run"],
+         "bad.txt is not UTF-8 text", _text(b"caf\xe9 " * 200, "bad.txt"), ("text",)),
+    Case("bad JSONL training record", train.main,
+         lambda p: [*TRAIN_BASE, f"data.sources=[{p['text']}]", f"train.output_dir={p['text']}.run"],
+         "bad.jsonl:2 is not a JSON record", _text(b'{"text": "a b c"}\n{"text": \n', "bad.jsonl"), ("text",)),
     # training resume
     Case("resume without checkpoints", train.main,
          lambda p: [*TRAIN_BASE, f"train.output_dir={p['cfg']}.run", "--resume"], "no checkpoint", _yaml("")),

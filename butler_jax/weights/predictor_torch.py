@@ -106,6 +106,16 @@ def _check(state: dict[str, np.ndarray], expected: dict[str, tuple[int, ...] | N
         _check_values(state[name], name, where)
 
 
+def _dims(state: dict[str, np.ndarray], name: str, rank: int, where: str) -> tuple[int, ...]:
+    """The shape of tensor `name`, which must exist and have `rank` dimensions."""
+    if name not in state:
+        raise CheckpointError(f"{where}: missing tensor {name!r}")
+    shape = tuple(state[name].shape)
+    if len(shape) != rank:
+        raise CheckpointError(f"{where}: tensor {name!r} has shape {shape}, expected {rank} dimensions")
+    return shape
+
+
 def _check_values(array: np.ndarray, name: str, where: str) -> None:
     """Raise unless `array` is floating point and finite (an int64 or NaN tensor is no predictor weight)."""
     if not np.issubdtype(array.dtype, np.floating) and array.dtype != ml_dtypes.bfloat16:
@@ -142,11 +152,11 @@ def _paper_shapes(pcfg: PredictorConfig, mcfg: ModelConfig) -> dict[str, tuple[i
 
 def _infer_paper_config(state: dict[str, np.ndarray], variant: str, mcfg: ModelConfig, where: str) -> PredictorConfig:
     """dDash, intdim, attn_reduce_factor from the tensor shapes and the model's dims."""
-    r, d = state["input_proj.weight"].shape
+    r, d = _dims(state, "input_proj.weight", 2, where)
     if d != mcfg.hidden_size or mcfg.hidden_size % r:
         raise CheckpointError(f"{where}: input_proj.weight is {(r, d)}, which does not fit a model of "
                               f"hidden_size={mcfg.hidden_size}; pass the model the predictor was trained for")
-    out, intdim = state["q_proj_importance.2.weight"].shape
+    out, intdim = _dims(state, "q_proj_importance.2.weight", 2, where)
     slots = mcfg.num_hidden_layers * mcfg.num_attention_heads
     if out % slots:
         raise CheckpointError(f"{where}: q_proj_importance.2.weight has {out} rows, not a multiple of "
@@ -379,8 +389,8 @@ def longctx_from_torch(dicts: list[dict[str, np.ndarray]], mcfg: ModelConfig, wh
     for name in ("key_cache_proj", "q_mlps.0.2.weight", "q_mlps.0.0.weight"):
         if name not in first:
             raise CheckpointError(f"{where}: producer 0: missing tensor {name!r}; {hint}")
-    layers, heads, head_dim, d_dash = first["key_cache_proj"].shape
-    out, intdim = first["q_mlps.0.2.weight"].shape
+    layers, heads, head_dim, d_dash = _dims(first, "key_cache_proj", 4, f"{where}: producer 0")
+    out, intdim = _dims(first, "q_mlps.0.2.weight", 2, f"{where}: producer 0")
     group = out // (mcfg.num_attention_heads * d_dash)
     if group < 1 or out % (mcfg.num_attention_heads * d_dash):
         raise CheckpointError(f"{where}: q_mlps.0.2.weight has {out} rows, not G*heads*dDash for "
