@@ -2,6 +2,7 @@
 
     python convert_torch.py llama-to-jax meta-llama/Llama-3.2-1B out/llama1b [--dtype bfloat16]
     python convert_torch.py jax-to-hf out/llama1b out/llama1b-hf [--tokenizer meta-llama/Llama-3.2-1B]
+    python convert_torch.py jax-to-hf out/llama1b out/llama1b-butler --predictor out/pred   # a whole Butler model
     python convert_torch.py predictor-to-jax L3_1B_2k_1PC.pt out/pred --format v1 --model configs/llama-3.2-1b.yaml
     python convert_torch.py predictor-to-jax path/to/Llama-3.2-1B-Butler out/pred --format hf-butler
     python convert_torch.py predictor-to-jax L3_8Bi_d16_i512_pf4.pt out/pred --format longctx --model configs/llama-3.1-8b.yaml
@@ -16,22 +17,33 @@ JAX model directory or any of those and writes a directory `transformers` loads 
 `from_pretrained`. An `hf-butler` predictor is written as one safetensors file of the
 `model.layers.0.self_attn.sparse_*` tensors; merge it into a Butler repo's weights, and copy that
 repo's remote-code modeling file yourself (butler-jax cannot redistribute it).
+
+Every command writes into a fresh temporary path beside OUT and renames it onto OUT only when the
+conversion succeeded, so a failed run leaves nothing half-written and no file of an older
+conversion survives in OUT. OUT may not equal, lie inside, or contain SRC; an existing OUT is
+refused unless `--force` (which replaces it; the source is never touched).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
+from typing import Iterator
 
-from butler_jax.config import ConfigError, ModelConfig, load_yaml, section
-from butler_jax.weights import CheckpointError, load_model, load_tokenizer, save_hf_directory
+from butler_jax.cli import add_debug_flag, run_cli
+from butler_jax.config import ModelConfig, load_yaml, section
+from butler_jax.errors import ConfigError
+from butler_jax.weights import load_model, load_tokenizer, save_hf_directory
 from butler_jax.weights.hf import cast_tree
 from butler_jax.weights.model_checkpoint import is_jax_model_dir, load_jax_model, save_jax_model
 from butler_jax.weights.predictor_torch import (FORMATS, cast_converted, load_jax_predictor, read_torch_predictor,
-                                               save_jax_predictor, write_torch_predictor)
+                                               save_jax_predictor, write_hf_butler_directory, write_torch_predictor)
 
 DTYPES = ("float32", "bfloat16")
 
@@ -45,9 +57,45 @@ def _source_dtype(source: str) -> str:
     return "float32"
 
 
+def check_output(sources: list[str], out: str, force: bool) -> Path:
+    """The resolved OUT, refused when it is, lies inside or contains a source, or exists without `force`."""
+    target = Path(out).expanduser().resolve()
+    for src in sources:
+        source = Path(src).expanduser().resolve()
+        if source.exists() and (target == source or source in target.parents or target in source.parents):
+            raise ConfigError(f"output {out!r} would overwrite the source {src!r} (it is, lies inside, or contains it)",
+                              fix="write to a path outside the source; --force never replaces the source")
+    if target.exists() and not force:
+        raise ConfigError(f"output {out!r} already exists", fix="choose a new path, or pass --force to replace it")
+    return target
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextlib.contextmanager
+def staged(target: Path) -> Iterator[Path]:
+    """A fresh temporary path beside `target`, renamed onto it (replacing it) only if the body succeeds."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    _remove(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    _remove(target)
+    os.replace(tmp, target)
+
+
 def llama_to_jax(args: argparse.Namespace) -> str:
     cfg, params = load_model(args.src, args.dtype or _source_dtype(args.src))
-    save_jax_model(params, cfg, args.out)
+    with staged(args.target) as tmp:
+        save_jax_model(params, cfg, tmp)
     return f"wrote {args.out}: {cfg.num_hidden_layers}-layer Llama, dtype {cfg.dtype}, {_count(params):,} parameters"
 
 
@@ -55,14 +103,24 @@ def jax_to_hf(args: argparse.Namespace) -> str:
     cfg, params = load_jax_model(args.src) if is_jax_model_dir(args.src) else load_model(args.src, args.dtype or "float32")
     if args.dtype:
         cfg, params = dataclasses.replace(cfg, dtype=args.dtype), cast_tree(params, args.dtype)
-    save_hf_directory(params, cfg, args.out, load_tokenizer(args.tokenizer) if args.tokenizer else None)
+    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
+    if args.predictor:
+        conv = load_jax_predictor(args.predictor)
+        if args.dtype:
+            conv = cast_converted(conv, args.dtype)
+        with staged(args.target) as tmp:
+            write_hf_butler_directory(params, cfg, conv, tmp, tokenizer)
+        return f"wrote {args.out}: HF Butler directory, dtype {cfg.dtype}, {_count(params):,} backbone parameters + {conv.summary()}"
+    with staged(args.target) as tmp:
+        save_hf_directory(params, cfg, tmp, tokenizer)
     return f"wrote {args.out}: HF Llama directory, dtype {cfg.dtype}, {_count(params):,} parameters"
 
 
 def predictor_to_jax(args: argparse.Namespace) -> str:
     mcfg = section(load_yaml(args.model), "model", ModelConfig) if args.model else None
     conv = read_torch_predictor(args.src, args.format, mcfg, args.dtype)
-    save_jax_predictor(conv, args.out)
+    with staged(args.target) as tmp:
+        save_jax_predictor(conv, tmp)
     return f"wrote {args.out}: {conv.summary()}"
 
 
@@ -70,8 +128,9 @@ def predictor_to_torch(args: argparse.Namespace) -> str:
     conv = load_jax_predictor(args.src)
     if args.dtype:
         conv = cast_converted(conv, args.dtype)
-    path = write_torch_predictor(conv, args.out, args.format)
-    return f"wrote {path}: {conv.summary()}"
+    with staged(args.target) as tmp:
+        write_torch_predictor(conv, tmp, args.format)
+    return f"wrote {args.out}: {conv.summary()}"
 
 
 def _count(params: dict) -> int:
@@ -91,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("src")
         p.add_argument("out")
         p.add_argument("--dtype", choices=DTYPES, help="cast the converted weights (default: keep)")
+        p.add_argument("--force", "--overwrite", action="store_true", help="replace an existing OUT (never the source)")
+        add_debug_flag(p)
         p.set_defaults(fn=fn)
         if name.startswith("predictor"):
             p.add_argument("--format", choices=FORMATS, required=name == "predictor-to-jax",
@@ -99,18 +160,18 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--model", help="YAML with a model: section giving the dims (not needed for an hf-butler directory)")
         if name == "jax-to-hf":
             p.add_argument("--tokenizer", help="tokenizer source to save alongside (HF dir, hub id, .gguf, embedded)")
+            p.add_argument("--predictor", help="a JAX v2 predictor directory: write a whole HF Butler model "
+                                               "(backbone + predictor + config)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        print(args.fn(args))
-    except (CheckpointError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    sources = [args.src] + ([args.predictor] if getattr(args, "predictor", None) else [])
+    args.target = check_output(sources, args.out, args.force)
+    print(args.fn(args))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

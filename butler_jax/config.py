@@ -16,9 +16,7 @@ from typing import Any, Literal, Optional, TypeVar, get_args, get_origin
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or invalid."""
+from butler_jax.errors import ConfigError
 
 
 RopeType = Literal["default", "linear", "llama3"]
@@ -202,17 +200,88 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_yaml(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Read a YAML config (following `base:` includes relative to the file) and apply overrides."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist; see configs/ for examples")
-    data = yaml.safe_load(path.read_text()) or {}
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the folder holding the butler_jax package
+
+# Keys whose values are paths. An input resolves against the config file's folder, else the project
+# root (where the package lives), when a file is there; otherwise it is kept as written (a hub id, a
+# named corpus, "embedded"). An output resolves against the project root for the configs that ship
+# inside it, else against the config file's folder. Never against the current directory.
+INPUT_PATH_KEYS = ("model.source", "predictor.checkpoint", "data.sources", "data.tokenizer", "eval.ppl_source",
+                   "eval.ruler_haystack_dir")
+OUTPUT_PATH_KEYS = ("train.output_dir", "eval.output_dir")
+
+
+def _resolve_input(value: str, folder: Path) -> str:
+    path = Path(value).expanduser()
+    if not value or path.is_absolute():
+        return value
+    for root in (folder, PROJECT_ROOT):
+        if (root / path).exists():
+            return str((root / path).resolve())
+    return value
+
+
+def _resolve_output(value: str, folder: Path) -> str:
+    path = Path(value).expanduser()
+    if not value or path.is_absolute():
+        return value
+    root = PROJECT_ROOT if folder.is_relative_to(PROJECT_ROOT) else folder
+    return str(root / path)
+
+
+def resolve_paths(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A copy of one config file's mapping with its relative paths resolved (see INPUT_PATH_KEYS)."""
+    out = {name: dict(body) if isinstance(body, dict) else body for name, body in data.items()}
+    for keys, resolve in ((INPUT_PATH_KEYS, _resolve_input), (OUTPUT_PATH_KEYS, _resolve_output)):
+        for dotted in keys:
+            name, key = dotted.split(".")
+            body = out.get(name)
+            if not isinstance(body, dict) or key not in body:
+                continue
+            value = body[key]
+            if isinstance(value, str):
+                body[key] = resolve(value, folder)
+            elif isinstance(value, list):
+                body[key] = [resolve(v, folder) if isinstance(v, str) else v for v in value]
+    return out
+
+
+def _read_yaml_file(path: Path) -> dict[str, Any]:
+    """The mapping in one YAML file, with errors naming the file, line and column."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start})",
+                          fix="save it as UTF-8") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config file {where} is not valid YAML: {problem}", fix="fix the YAML syntax there") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections")
+        raise ConfigError(f"config file {path} must hold a mapping of sections", value=data)
+    return data
+
+
+def load_yaml(path: str | Path, overrides: list[str] | None = None, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML config (following `base:` includes relative to the file) and apply overrides.
+
+    Relative paths inside each file resolve against that file's folder or the project root
+    (`resolve_paths`); override values are used as given.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist", fix="see configs/ for examples")
+    path = path.resolve()
+    if path in _chain:
+        cycle = " -> ".join(p.name for p in (*_chain, path))
+        raise ConfigError(f"config file {path} includes itself through base: ({cycle})", fix="remove the cycle")
+    data = resolve_paths(_read_yaml_file(path), path.parent)
     base = data.pop("base", None)
     if base is not None:
-        data = merge(load_yaml(path.parent / base), data)
+        if not isinstance(base, str):
+            raise ConfigError(f"base: in {path} must be a file name", value=base)
+        data = merge(load_yaml(path.parent / base, None, (*_chain, path)), data)
     return merge(data, parse_overrides(overrides or []))
 
 
@@ -239,6 +308,8 @@ class PredictorConfig:
     producer_frequency: int = 4  # longctx only
     dropout: float = 0.1
     int8_keys: bool = False  # longctx only
+    key_proj_heads: Literal["kv", "attention"] = "kv"  # longctx: key_cache_proj per KV head, or per attention
+    # head as some releases store it (kept exact; averaged over each GQA group when used)
     checkpoint: str = ""
 
     def __post_init__(self) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 from butler_jax.attention import causal_attention
 from butler_jax.cache import KVCache, check_capacity, init_cache, write_block, write_token
 from butler_jax.config import ModelConfig
+from butler_jax.errors import ConfigError, InputError
 from butler_jax.models.llama import LayerInputs, LlamaForCausalLM
 from butler_jax.sampling import SamplingConfig, sample
 from butler_jax.sparsity.base import Policy, PolicyParams
@@ -149,6 +150,16 @@ def _generate(model, params, policy_params, tokens, lengths, key, *, policy, max
                        sampling=sampling, stop_tokens=stop_tokens, policy_params=policy_params)
 
 
+def check_token_ids(prompts: Sequence[Sequence[int]], vocab_size: int) -> None:
+    """Raise InputError unless every prompt's token ids lie in [0, vocab_size)."""
+    for row, prompt in enumerate(prompts):
+        ids = np.asarray(prompt, dtype=np.int64)
+        bad = ids[(ids < 0) | (ids >= vocab_size)]
+        if bad.size:
+            raise InputError(f"prompt {row} holds token id {int(bad[0])} outside the vocabulary [0, {vocab_size})",
+                             fix="encode the prompt with this model's tokenizer")
+
+
 def generate(
     model: LlamaForCausalLM,
     params,
@@ -172,7 +183,8 @@ def generate(
     prompts of different lengths); default: the longest prompt rounded up to PAD_MULTIPLE.
     """
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+        raise ConfigError(f"max_new_tokens={max_new_tokens} must be >= 1")
+    check_token_ids(prompts, model.cfg.vocab_size)
     longest = max((len(p) for p in prompts), default=0)
     if prompt_width is not None and prompt_width < longest:
         raise ValueError(f"prompt_width={prompt_width} is shorter than the longest prompt ({longest} tokens)")

@@ -14,7 +14,7 @@ import yaml
 import convert_torch
 from butler_jax.config import ModelConfig, PredictorConfig
 from butler_jax.models.predictor import init_predictor
-from butler_jax.weights.errors import CheckpointError
+from butler_jax.errors import CheckpointError
 from butler_jax.weights.flax_checkpoint import flatten, unflatten
 from butler_jax.weights.predictor_torch import (HF_PREFIX, ConvertedPredictor, load_jax_predictor, read_torch_predictor,
                                                 write_torch_predictor)
@@ -139,16 +139,36 @@ def test_longctx_jax_to_torch_to_jax_bit_exact_bf16(tmp_path):
 
 
 def test_longctx_prefixes_and_attention_head_projection(tmp_path):
-    """`producer.` nesting is stripped (least-prefixed copy wins); 4 attention-head projections average to KV heads."""
-    dicts = _longctx_dicts("float32", prefix="producer.")
-    for d in dicts:
-        d["producer.sparse_token_predictor.key_cache_proj"] = d["producer.sparse_token_predictor.key_cache_proj"].repeat_interleave(2, 1)
+    """`producer.` nesting is stripped (least-prefixed copy wins); per-attention-head key projections are
+    kept exactly (torch -> JAX -> torch bit-exact) and averaged over each KV group only when used."""
+    import jax
+    import jax.numpy as jnp
+
+    from butler_jax.models.predictor_longctx import LongctxPredictor
+
+    dicts = _longctx_dicts("bfloat16", prefix="producer.")
+    name = "producer.sparse_token_predictor.key_cache_proj"
+    noise = torch.randn(dicts[0][name].repeat_interleave(2, 1).shape).to(torch.bfloat16)
+    for d in dicts:  # 4 attention heads that differ within each group of 2
+        d[name] = d[name].repeat_interleave(2, 1) + noise
     torch.save(dicts, tmp_path / "nested.pt")
-    conv = read_torch_predictor(tmp_path / "nested.pt", "longctx", MCFG)
+    jax_dir, back = tmp_path / "jax", tmp_path / "back.pt"
+    model = ["--model", _model_yaml(tmp_path)]
+    assert convert_torch.main(["predictor-to-jax", str(tmp_path / "nested.pt"), str(jax_dir), "--format", "longctx", *model]) == 0
+    conv = load_jax_predictor(jax_dir)
     assert conv.source["prefix"] == "producer.sparse_token_predictor."
-    assert "averaged" in conv.summary()
-    want = _longctx_dicts("float32")[0]["sparse_token_predictor.key_cache_proj"][0].numpy()
-    np.testing.assert_allclose(conv.params["key_cache_proj"][0], want, rtol=1e-6)
+    assert conv.pcfg.key_proj_heads == "attention" and "per attention head" in conv.summary()
+    assert conv.params["key_cache_proj"].shape == (5, 4, 8, 4)
+    assert convert_torch.main(["predictor-to-torch", str(jax_dir), str(back)]) == 0
+    for want, got in zip(dicts, torch.load(back)["model_state_dict"]):
+        assert sorted(got) == sorted(want)
+        for key in want:
+            assert got[key].dtype == want[key].dtype and torch.equal(got[key].view(torch.int16), want[key].view(torch.int16)), key
+    k = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 2, 8))
+    proj = dicts[0][name].float().numpy()[2].reshape(2, 2, 8, 4).mean(1)  # layer 2, served by producer 0's copy
+    module = LongctxPredictor(conv.pcfg, MCFG)
+    got = module.apply({"params": jax.tree.map(jnp.asarray, conv.params)}, 2, k, method=LongctxPredictor.project_keys)
+    np.testing.assert_allclose(np.asarray(got), np.einsum("bthd,hde->bthe", np.asarray(k), proj), rtol=1e-5, atol=1e-6)
 
 
 def test_dtype_cast_on_import(tmp_path):
@@ -204,3 +224,31 @@ def test_truncated_and_wrong_variant_files(tmp_path):
     weights.write_bytes(weights.read_bytes()[:200])
     with pytest.raises(CheckpointError, match="may be truncated"):
         read_torch_predictor(hf, "hf-butler", None)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_butler_model_jax_to_hf_to_jax_bit_exact(tmp_path, dtype):
+    """`jax-to-hf --predictor` writes a whole Butler directory; backbone and predictor read back bit-exact."""
+    from butler_jax.models.llama import init_params
+    from butler_jax.weights.hf import cast_tree
+    from butler_jax.weights.model_checkpoint import load_jax_model, save_jax_model
+
+    mcfg = ModelConfig(**DIMS, dtype=dtype)
+    save_jax_model(cast_tree(init_params(mcfg), dtype), mcfg, tmp_path / "model")
+    src, _ = _write_source(tmp_path, "v2", dtype)
+    assert convert_torch.main(["predictor-to-jax", str(src), str(tmp_path / "pred"), "--format", "v2",
+                               "--model", _model_yaml(tmp_path)]) == 0
+    butler = tmp_path / "butler"
+    assert convert_torch.main(["jax-to-hf", str(tmp_path / "model"), str(butler), "--predictor", str(tmp_path / "pred")]) == 0
+    assert json.loads((butler / "config.json").read_text())["model_type"] == "llama_butler"
+    assert "remote-code modeling file" in (butler / "README.md").read_text()
+    assert convert_torch.main(["llama-to-jax", str(butler), str(tmp_path / "model2")]) == 0
+    assert convert_torch.main(["predictor-to-jax", str(butler), str(tmp_path / "pred2"), "--format", "hf-butler"]) == 0
+    for (_, a), (_, b) in ((load_jax_model(tmp_path / "model"), load_jax_model(tmp_path / "model2")),
+                           ((None, load_jax_predictor(tmp_path / "pred").params), (None, load_jax_predictor(tmp_path / "pred2").params))):
+        fa, fb = flatten(a), flatten(b)
+        assert sorted(fa) == sorted(fb)
+        for name in fa:
+            assert fa[name].dtype == fb[name].dtype and np.array_equal(fa[name].view(np.uint8), fb[name].view(np.uint8)), name
+    carried = load_jax_predictor(tmp_path / "pred").carried
+    assert sorted(load_jax_predictor(tmp_path / "pred2").carried) == sorted(HF_PREFIX + k for k in carried if k.startswith("sparse_head"))

@@ -53,7 +53,7 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path) -> None:
     saved = _checkpoints(out)
     assert saved and saved[-1] < 30
     fresh = _run(_cmd(out, *steps))  # without --resume the run refuses to overwrite
-    assert fresh.returncode == 1 and "pass --resume" in fresh.stderr
+    assert fresh.returncode == 2 and "pass --resume" in fresh.stderr
 
     resumed = _run(_cmd(out, *steps, "--resume"))
     assert resumed.returncode == 0, resumed.stderr[-4000:]
@@ -65,7 +65,7 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path) -> None:
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path) -> None:
     proc = _run(_cmd(tmp_path, "train.steps=5", "train.save_every=1", "train.learning_rate=1e30",
                      "train.warmup_fraction=0", "train.grad_clip=0", "train.skip_grad_norm=0"))
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "non-finite loss" in proc.stderr and "last good checkpoint is step" in proc.stderr
     saved = _checkpoints(tmp_path)
     assert saved and saved[-1] < 5

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from butler_jax.config import ModelConfig, load_yaml, section
-from butler_jax.eval.config import EvalConfig
+from butler_jax.errors import ConfigError
+from butler_jax.eval.config import EvalConfig, check_eval_config
 from butler_jax.eval.runner import Task, run_tasks
 from butler_jax.eval.tasks_perplexity import evaluate_window, perplexity_samples
 from butler_jax.models.llama import LlamaForCausalLM
@@ -29,22 +30,13 @@ def read_text_source(source: str) -> str:
     if path.is_dir():
         files = sorted(path.glob("*.txt"))
         if not files:
-            raise FileNotFoundError(f"eval.ppl_source={source!r} is a folder without .txt files")
+            raise ConfigError(f"eval.ppl_source={source!r} is a folder without .txt files")
         return "\n\n".join(f.read_text(encoding="utf-8", errors="replace") for f in files)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise ConfigError(
             f"eval.ppl_source={source!r} is neither {sorted(NAMED_TEXTS)} nor an existing file or folder"
         )
     return path.read_text(encoding="utf-8", errors="replace")
-
-
-def check_methods(eval_cfg: EvalConfig) -> None:
-    unknown = [m for m in eval_cfg.methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"eval.methods has unknown method {unknown[0]!r}; choose from {list(METHODS)}")
-    bad = [t for t in eval_cfg.tasks if t not in ("perplexity", "coref", "ruler")]
-    if bad:
-        raise ValueError(f"eval.tasks has unknown task {bad[0]!r}; choose from ['perplexity', 'coref', 'ruler']")
 
 
 def build_tasks(eval_cfg: EvalConfig, sparsity: SparsityConfig, model, params, tokenizer) -> list[Task]:
@@ -91,7 +83,11 @@ def run_from_config(config_path: str, overrides: list[str]) -> list[dict]:
     data = load_yaml(config_path, overrides)
     eval_cfg = section(data, "eval", EvalConfig)
     sparsity = section(data, "sparsity", SparsityConfig)
-    check_methods(eval_cfg)
+    check_eval_config(eval_cfg, section(data, "model", ModelConfig), METHODS)
+    if "tokenbutler" in eval_cfg.methods:
+        from butler_jax.eval.predictor_loading import predictor_path
+
+        predictor_path(data)  # before the model loads
     cfg, params = model_from_config(section(data, "model", ModelConfig))
     tokenizer = load_tokenizer(cfg.source)
     model = LlamaForCausalLM(cfg)

@@ -31,3 +31,47 @@ class EvalConfig:
     ruler_batch: int = 8  # RULER prompts generated together (one compiled shape for every task)
     coref_samples: int = 4
     coref_length: int = 0  # 0: natural length (about 250-400 tokens); else padded with filler
+
+
+def check_eval_config(ev: EvalConfig, model_cfg, methods: tuple[str, ...]) -> None:
+    """Raise ConfigError naming the first bad `eval.*` value (checked before any model or data loads).
+
+    Lists non-empty and known, counts >= 1, contexts within the model's positions, and token
+    budgets within the context they select from.
+    """
+    from butler_jax.errors import ConfigError
+    from butler_jax.sparsity.budget import parse_budget
+
+    tasks = ("perplexity", "coref", "ruler")
+    for name, allowed in (("methods", methods), ("tasks", tasks)):
+        values = getattr(ev, name)
+        if not values:
+            raise ConfigError(f"eval.{name} is empty", fix=f"list at least one of {list(allowed)}")
+        unknown = [v for v in values if v not in allowed]
+        if unknown:
+            raise ConfigError(f"eval.{name} has unknown entry {unknown[0]!r}", fix=f"choose from {list(allowed)}")
+    if any(m != "dense" for m in ev.methods) and not ev.budgets:
+        raise ConfigError("eval.budgets is empty", fix="list at least one budget, e.g. [fixed_50pc]")
+    counts = {"ppl_windows": "perplexity", "coref_samples": "coref", "ruler_samples": "ruler", "ruler_batch": "ruler"}
+    for name, task in counts.items():
+        if task in ev.tasks and getattr(ev, name) < 1:
+            raise ConfigError(f"eval.{name}={getattr(ev, name)} must be >= 1")
+    positions = model_cfg.max_position_embeddings
+    contexts = {"ppl_context": ("perplexity", ev.budgets), "ruler_length": ("ruler", ev.ruler_budgets or ev.budgets)}
+    for name, (task, budgets) in contexts.items():
+        context = getattr(ev, name)
+        if task not in ev.tasks:
+            continue
+        if not 2 <= context <= positions:
+            raise ConfigError(f"eval.{name}={context} must be in [2, {positions}] (the model's "
+                              "max_position_embeddings)")
+        which = "eval.ruler_budgets" if task == "ruler" and ev.ruler_budgets else "eval.budgets"
+        for spec in budgets:
+            try:
+                budget = parse_budget(spec)
+            except ValueError as exc:
+                raise ConfigError(f"{which} entry {spec!r}: {exc}") from None
+            if budget.tokens is not None and budget.tokens >= context:
+                raise ConfigError(f"{which} entry {spec!r} keeps {budget.tokens} tokens, not fewer than "
+                                  f"eval.{name}={context}: it would run dense",
+                                  fix="use a smaller budget or a fraction such as fixed_50pc")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any, Iterator
+
+from butler_jax.jsonl import append_record, drop_partial_tail, read_jsonl
 
 KEY_FIELDS = ("method", "budget", "task", "sample")
 
@@ -16,6 +16,7 @@ class ResultStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        drop_partial_tail(self.path)
         self._done: set[tuple] = {self.key(r) for r in self.records()}
 
     @staticmethod
@@ -23,23 +24,11 @@ class ResultStore:
         return tuple(str(record.get(k)) for k in KEY_FIELDS)
 
     def records(self) -> Iterator[dict[str, Any]]:
-        if not self.path.is_file():
-            return
-        with self.path.open() as handle:
-            for line in handle:
-                line = line.strip()
-                if line:
-                    try:
-                        yield json.loads(line)
-                    except json.JSONDecodeError:
-                        continue  # a line cut by a crash
+        yield from read_jsonl(self.path)
 
     def has(self, **key: Any) -> bool:
         return self.key(key) in self._done
 
     def add(self, record: dict[str, Any]) -> None:
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_record(self.path, record)
         self._done.add(self.key(record))

@@ -8,10 +8,10 @@ from pathlib import Path
 import jax
 
 from butler_jax.config import ModelConfig, PredictorConfig, from_dict
+from butler_jax.errors import CheckpointError
 from butler_jax.models.predictor import PaperPredictor
 from butler_jax.models.predictor_adapter import count_params
 from butler_jax.models.predictor_longctx import LongctxPredictor
-from butler_jax.weights.errors import CheckpointError
 from butler_jax.weights.flax_checkpoint import load_tree, save_tree
 
 NAME = "predictor"

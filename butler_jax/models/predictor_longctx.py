@@ -7,6 +7,8 @@ Linear(D, I) -> SiLU -> Linear(I, G*H*d') gives importance queries for the G lay
 Keys are not predicted: `key_cache_proj` [L, Hkv, head_dim, d'] projects the model's own
 post-RoPE keys per (layer, KV head). Score of query head h (KV head j) on token t at layer l:
 q[l, h] . (P[l, j]^T k[l, j, t]) / sqrt(d'); per-KV-head selection takes the max over the group.
+A release that stores P per attention head [L, H, head_dim, d'] (`key_proj_heads: attention`) keeps
+it as stored; P[l, j] is then the float32 mean over the group of KV head j, taken at use.
 """
 
 from __future__ import annotations
@@ -29,12 +31,18 @@ def serving(layer: int, frequency: int) -> tuple[int, int]:
     return ((layer - 1) // frequency) * frequency, (layer - 1) % frequency
 
 
+def key_proj_shape(pcfg: PredictorConfig, mcfg: ModelConfig) -> tuple[int, int, int, int]:
+    """[L, heads, head_dim, d'] of key_cache_proj: heads = Hkv, or H when stored per attention head."""
+    heads = mcfg.num_attention_heads if pcfg.key_proj_heads == "attention" else mcfg.num_key_value_heads
+    return mcfg.num_hidden_layers, heads, mcfg.resolved_head_dim, pcfg.dDash
+
+
 def longctx_param_count(pcfg: PredictorConfig, mcfg: ModelConfig) -> int:
-    """Per producer 2D + D*I + I*G*H*d', times the producers, + L*Hkv*head_dim*d' key projections."""
+    """Per producer 2D + D*I + I*G*H*d', times the producers, + L*heads*head_dim*d' key projections."""
     d, g, h = mcfg.hidden_size, pcfg.producer_frequency, mcfg.num_attention_heads
     per_producer = 2 * d + d * pcfg.intdim + pcfg.intdim * g * h * pcfg.dDash
     n = len(producer_layers(mcfg.num_hidden_layers, g))
-    return n * per_producer + mcfg.num_hidden_layers * mcfg.num_key_value_heads * mcfg.resolved_head_dim * pcfg.dDash
+    return n * per_producer + math.prod(key_proj_shape(pcfg, mcfg))
 
 
 class Producer(nn.Module):
@@ -61,9 +69,8 @@ class LongctxPredictor(nn.Module):
     def setup(self) -> None:
         self.producers = {p: Producer(self.pcfg, self.mcfg, name=f"producer_{p}")
                           for p in producer_layers(self.mcfg.num_hidden_layers, self.pcfg.producer_frequency)}
-        shape = (self.mcfg.num_hidden_layers, self.mcfg.num_key_value_heads, self.mcfg.resolved_head_dim, self.pcfg.dDash)
         scale = 1 / math.sqrt(self.mcfg.resolved_head_dim)
-        self.key_cache_proj = self.param("key_cache_proj", nn.initializers.normal(scale), shape)
+        self.key_cache_proj = self.param("key_cache_proj", nn.initializers.normal(scale), key_proj_shape(self.pcfg, self.mcfg))
 
     def queries(self, layer: int, residual: jnp.ndarray) -> jnp.ndarray:
         """Producer at `layer`: residual [B, T, D] -> [B, T, G, H, d'] queries for layers layer+1..layer+G."""
@@ -71,7 +78,10 @@ class LongctxPredictor(nn.Module):
 
     def project_keys(self, layer: int, k: jnp.ndarray) -> jnp.ndarray:
         """Post-RoPE keys k [B, T, Hkv, hd] -> importance keys [B, T, Hkv, d'] (float32)."""
-        return jnp.einsum("bthd,hde->bthe", k.astype(jnp.float32), self.key_cache_proj[layer])
+        proj = self.key_cache_proj[layer].astype(jnp.float32)
+        if proj.shape[0] != self.mcfg.num_key_value_heads:  # per attention head: the mean of each KV group
+            proj = proj.reshape(self.mcfg.num_key_value_heads, self.mcfg.num_groups, *proj.shape[1:]).mean(1)
+        return jnp.einsum("bthd,hde->bthe", k.astype(jnp.float32), proj)
 
     def __call__(self, residual: jnp.ndarray, k: jnp.ndarray) -> jnp.ndarray:
         """Init helper touching every parameter: residual [B, T, D], k [B, T, Hkv, hd]."""

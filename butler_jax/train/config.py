@@ -11,6 +11,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Literal, Optional
 
+import yaml
+
 from butler_jax.config import ConfigError, ModelConfig, load_yaml, section
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -172,6 +174,38 @@ def build_run_config(raw: dict[str, Any]) -> RunConfig:
 def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Read, merge and validate a training config file."""
     return build_run_config(load_yaml(path, overrides))
+
+
+# Settings a resumed run may change: they affect logging and bookkeeping, not the computed state.
+SAFE_ON_RESUME = ("train.progress", "train.tensorboard", "train.log_every", "train.save_every",
+                  "train.keep_checkpoints", "train.output_dir")
+_SAFE_SECTIONS = ("eval", "sparsity")  # read by evaluate.py, not by training
+
+
+def _dotted(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(_dotted(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def resume_changes(saved_raw: dict, raw: dict) -> dict[str, list]:
+    """{key: [checkpointed value, new value]} of the safe settings a resume changes.
+
+    Raises ConfigError naming the first other setting that differs from the checkpointed run's:
+    resuming under it would mix two runs (another predictor shape, another learning-rate schedule).
+    """
+    canon = lambda tree: _dotted(yaml.safe_load(yaml.safe_dump(tree)))  # noqa: E731 - tuples -> lists
+    old, new = canon(saved_raw), canon(raw)
+    changes = {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+    for key, (before, after) in changes.items():
+        if key not in SAFE_ON_RESUME and key.split(".")[0] not in _SAFE_SECTIONS:
+            raise ConfigError(f"--resume with {key}={after!r}, but the checkpointed run used {key}={before!r}",
+                              fix=f"resume with {key}={before!r}, or start a new run in another train.output_dir "
+                                  f"(settings a resume may change: {', '.join(SAFE_ON_RESUME)})")
+    return changes
 
 
 def resolve_path(path: str) -> Path:

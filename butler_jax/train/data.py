@@ -17,6 +17,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from butler_jax.config import ConfigError, ModelConfig
+from butler_jax.errors import InputError
 from butler_jax.train.config import DataConfig, resolve_path
 
 TEXT_SUFFIXES = (".txt", ".raw", ".md")
@@ -34,7 +35,11 @@ def strip_gutenberg(text: str) -> str:
 
 
 def _read_text_file(path: Path) -> str:
-    text = path.read_text(encoding="utf-8-sig").replace("\r\n", "\n")
+    try:
+        text = path.read_text(encoding="utf-8-sig").replace("\r\n", "\n")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})",
+                         fix="convert it to UTF-8 or drop it from data.sources") from None
     return strip_gutenberg(text)
 
 
@@ -43,7 +48,10 @@ def _read_jsonl(path: Path, field: str) -> Iterator[str]:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            record = json.loads(line)
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path}:{n} is not a JSON record ({exc.msg})", fix="fix or delete that line") from None
             if field not in record:
                 raise ConfigError(f"{path}:{n} has no field {field!r}; set data.text_field (keys: {sorted(record)})")
             yield str(record[field])

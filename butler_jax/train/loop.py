@@ -13,9 +13,11 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
+from butler_jax.errors import CheckpointError, NonFiniteLossError
+from butler_jax.jsonl import append_record
 from butler_jax.models.llama import LlamaForCausalLM
-from butler_jax.train.checkpoint import CheckpointError, Checkpoints, abstract_like
-from butler_jax.train.config import RunConfig
+from butler_jax.train.checkpoint import Checkpoints, abstract_like
+from butler_jax.train.config import RunConfig, resume_changes
 from butler_jax.train.lengths import build_step_data
 from butler_jax.train.mesh import batch_sharding, check_batch, fsdp_shardings, make_mesh, put_global, put_tree, replicated
 from butler_jax.train.metrics import MetricsWriter
@@ -23,10 +25,6 @@ from butler_jax.train.optim import make_optimizer
 from butler_jax.train.step import TrainState, jit_train_step, make_train_step
 from butler_jax.train.student import StudentFactory, make_student
 from butler_jax.weights import model_from_config
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss or gradient norm became NaN / inf; the run stopped without saving that state."""
 
 
 def _host_row(step: int, metrics: dict[str, Any], layers: tuple[int, ...], tokens_per_s: float | None,
@@ -82,13 +80,18 @@ def train(cfg: RunConfig, resume: bool = False, student_factory: StudentFactory 
     frozen = put_tree(frozen_host, frozen_shardings)
 
     ckpt = Checkpoints(out / "checkpoints", tc.save_every, tc.keep_checkpoints)
+    changes: dict = {}  # safe settings this resume changed
     if resume:
         abstract = abstract_like(jax.eval_shape(init_state, init_key), state_shardings)
-        state, meta = ckpt.restore(abstract)
-        if meta["data_fingerprint"] != data.fingerprint():
-            raise CheckpointError(f"the data differs from the checkpointed run's (fingerprint "
-                                  f"{data.fingerprint()} vs {meta['data_fingerprint']}); resume with the same "
-                                  "data.* settings and files")
+
+        def check_meta(saved: dict) -> None:
+            changes.update(resume_changes(saved["config"], cfg.raw))
+            if saved["data_fingerprint"] != data.fingerprint():
+                raise CheckpointError(f"the data differs from the checkpointed run's (fingerprint "
+                                      f"{data.fingerprint()} vs {saved['data_fingerprint']}); resume with the same "
+                                      "data.* settings and files")
+
+        state, _ = ckpt.restore_newest_good(abstract, check_meta)
     else:
         if ckpt.latest_step() is not None:
             raise CheckpointError(f"{ckpt.directory} already holds checkpoints (step {ckpt.latest_step()}); "
@@ -100,6 +103,8 @@ def train(cfg: RunConfig, resume: bool = False, student_factory: StudentFactory 
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.raw, sort_keys=False))
+        if changes:
+            append_record(out / "resumes.jsonl", {"step": start, "changed": changes})
     writer = MetricsWriter(out, tc.tensorboard, start if resume else None) if is_main else None
     step_fn = jit_train_step(make_train_step(model, student, optimizer, tc), mesh, state_shardings, frozen_shardings)
     tokens_sharding = batch_sharding(mesh)

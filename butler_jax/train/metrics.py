@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
+
+from butler_jax.jsonl import drop_partial_tail, read_jsonl, rewrite_jsonl, write_record
 
 
 class MetricsWriter:
@@ -28,13 +29,11 @@ class MetricsWriter:
         """Drop rows a killed run logged after its last checkpoint (they are replayed on resume)."""
         if not self.path.exists():
             return
-        rows = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+        drop_partial_tail(self.path)
+        rewrite_jsonl(self.path, [r for r in read_jsonl(self.path) if r["step"] <= step])
 
     def write(self, row: dict[str, Any]) -> None:
-        self._file.write(json.dumps(row) + "\n")
-        self._file.flush()
+        write_record(self._file, row)
         if self._tb is not None:
             for key, value in row.items():
                 if key == "step":

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from butler_jax.config import ModelConfig
 from butler_jax.weights.embedded import embedded_gguf_path
-from butler_jax.weights.errors import CheckpointError
+from butler_jax.errors import CheckpointError
 from butler_jax.weights.gguf_file import load_gguf_llama
 from butler_jax.weights.hf import load_hf_llama, save_hf_directory
 from butler_jax.weights.names import hf_state_dict_to_params, params_to_hf_state_dict

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from butler_jax.weights.errors import CheckpointError
+from butler_jax.errors import CheckpointError
 from butler_jax.weights.tensors import read_safetensors, write_safetensors
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from butler_jax.config import ModelConfig
-from butler_jax.weights.errors import CheckpointError
+from butler_jax.errors import CheckpointError
 from butler_jax.weights.hf import cast_tree
 from butler_jax.weights.names import hf_state_dict_to_params
 

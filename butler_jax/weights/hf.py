@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from butler_jax.config import ModelConfig, RopeScaling
-from butler_jax.weights.errors import CheckpointError
+from butler_jax.errors import CheckpointError
 from butler_jax.weights.names import hf_state_dict_to_params, params_to_hf_state_dict
 from butler_jax.weights.tensors import read_state_dict_dir, write_safetensors
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
+BUTLER_MODEL_TYPE = "llama_butler"  # an HF Butler model: Llama backbone + TokenButler predictor (remote code)
 
 
 def _rope_scaling(hf: dict) -> tuple[float, RopeScaling]:
@@ -121,8 +122,14 @@ def load_hf_llama(source: str, dtype: str = "float32") -> tuple[ModelConfig, dic
     config_file = directory / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"{str(directory)!r} has no config.json; is it a Hugging Face model directory?")
-    cfg = config_from_hf(json.loads(config_file.read_text()), dtype=dtype, source=str(source))
+    raw = json.loads(config_file.read_text())
+    butler = raw.get("model_type") == BUTLER_MODEL_TYPE  # a Llama plus predictor tensors in layer 0's attention
+    if butler:
+        raw = {**raw, "model_type": "llama", "architectures": ["LlamaForCausalLM"]}
+    cfg = config_from_hf(raw, dtype=dtype, source=str(source))
     state = read_state_dict_dir(directory)
+    if butler:  # the predictor is read by weights.predictor_torch.read_hf_butler
+        state = {k: v for k, v in state.items() if ".self_attn.sparse_" not in k}
     params = hf_state_dict_to_params(state, cfg)
     return cfg, cast_tree(params, dtype)
 

@@ -12,7 +12,7 @@ import re
 import numpy as np
 
 from butler_jax.config import ModelConfig
-from butler_jax.weights.errors import CheckpointError
+from butler_jax.errors import CheckpointError
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 

@@ -31,7 +31,7 @@ import numpy as np
 from butler_jax.config import ModelConfig, PredictorConfig, from_dict
 from butler_jax.models.predictor_adapter import count_params
 from butler_jax.models.predictor_longctx import producer_layers
-from butler_jax.weights.errors import CheckpointError
+from butler_jax.errors import CheckpointError
 from butler_jax.weights.flax_checkpoint import flatten, load_tree, save_tree, unflatten
 from butler_jax.weights.hf import config_from_hf
 from butler_jax.weights.tensors import load_torch_file, numpy_to_torch, read_safetensors, torch_to_numpy, write_safetensors
@@ -103,6 +103,25 @@ def _check(state: dict[str, np.ndarray], expected: dict[str, tuple[int, ...] | N
         if expected[name] is not None and tuple(state[name].shape) != expected[name]:
             raise CheckpointError(f"{where}: tensor {name!r} has shape {tuple(state[name].shape)}, "
                                   f"expected {expected[name]}; {hint}")
+        _check_values(state[name], name, where)
+
+
+def _dims(state: dict[str, np.ndarray], name: str, rank: int, where: str) -> tuple[int, ...]:
+    """The shape of tensor `name`, which must exist and have `rank` dimensions."""
+    if name not in state:
+        raise CheckpointError(f"{where}: missing tensor {name!r}")
+    shape = tuple(state[name].shape)
+    if len(shape) != rank:
+        raise CheckpointError(f"{where}: tensor {name!r} has shape {shape}, expected {rank} dimensions")
+    return shape
+
+
+def _check_values(array: np.ndarray, name: str, where: str) -> None:
+    """Raise unless `array` is floating point and finite (an int64 or NaN tensor is no predictor weight)."""
+    if not np.issubdtype(array.dtype, np.floating) and array.dtype != ml_dtypes.bfloat16:
+        raise CheckpointError(f"{where}: tensor {name!r} has dtype {array.dtype}; predictor weights are floating point")
+    if not np.isfinite(array.astype(np.float32)).all():
+        raise CheckpointError(f"{where}: tensor {name!r} holds NaN or infinite values; the checkpoint is damaged")
 
 
 # ----------------------------------------------------------------------------- paper predictor
@@ -133,11 +152,11 @@ def _paper_shapes(pcfg: PredictorConfig, mcfg: ModelConfig) -> dict[str, tuple[i
 
 def _infer_paper_config(state: dict[str, np.ndarray], variant: str, mcfg: ModelConfig, where: str) -> PredictorConfig:
     """dDash, intdim, attn_reduce_factor from the tensor shapes and the model's dims."""
-    r, d = state["input_proj.weight"].shape
+    r, d = _dims(state, "input_proj.weight", 2, where)
     if d != mcfg.hidden_size or mcfg.hidden_size % r:
         raise CheckpointError(f"{where}: input_proj.weight is {(r, d)}, which does not fit a model of "
                               f"hidden_size={mcfg.hidden_size}; pass the model the predictor was trained for")
-    out, intdim = state["q_proj_importance.2.weight"].shape
+    out, intdim = _dims(state, "q_proj_importance.2.weight", 2, where)
     slots = mcfg.num_hidden_layers * mcfg.num_attention_heads
     if out % slots:
         raise CheckpointError(f"{where}: q_proj_importance.2.weight has {out} rows, not a multiple of "
@@ -297,6 +316,53 @@ def write_hf_butler(conv: ConvertedPredictor, path: str | Path) -> Path:
     return Path(path)
 
 
+BUTLER_README = """# TokenButler model exported by butler-jax
+
+`model.safetensors` holds the Llama backbone and the predictor (`model.layers.0.self_attn.sparse_*`);
+`config.json` is a Llama config with `model_type: llama_butler` and the predictor's sizes. butler-jax
+reads it back with `convert_torch.py llama-to-jax` (backbone) and `predictor-to-jax --format hf-butler`
+(predictor). `transformers` needs the Butler remote-code modeling file, which butler-jax cannot
+redistribute: copy it (and the `auto_map` entry of its config.json) from the original Butler repository.
+"""
+
+
+def butler_config(cfg: ModelConfig, pcfg: PredictorConfig, torch_dtype: str) -> dict:
+    """An HF Butler `config.json`: the Llama config plus `model_type: llama_butler` and the predictor sizes."""
+    from butler_jax.weights.hf import BUTLER_MODEL_TYPE, config_to_hf
+
+    return {**config_to_hf(cfg, torch_dtype), "model_type": BUTLER_MODEL_TYPE, "architectures": ["LlamaButlerForCausalLM"],
+            "producer_frequency": cfg.num_hidden_layers, "dDash": pcfg.dDash, "intdim": pcfg.intdim,
+            "attn_reduce_factor": pcfg.attn_reduce_factor, "eval_llm_mode": "ExpPred", "token_sparse_method": "fixed_50pc"}
+
+
+def write_hf_butler_directory(params: dict, cfg: ModelConfig, conv: ConvertedPredictor, out: str | Path,
+                              tokenizer=None) -> Path:
+    """A whole HF Butler directory: config.json, model.safetensors (backbone + predictor), README, tokenizer."""
+    from butler_jax.weights.names import params_to_hf_state_dict
+
+    if conv.pcfg.kind != "paper" or conv.pcfg.variant != "v2":
+        raise CheckpointError(f"an HF Butler model holds a paper v2 predictor, not {conv.pcfg.kind} {conv.pcfg.variant}",
+                              fix="pass a v2 predictor with --predictor, or export the backbone alone")
+    declared = {k: v for k, v in conv.shape.items() if v is not None}
+    if {k: v for k, v in _shape_of(cfg).items() if k in declared} != declared:
+        raise CheckpointError(f"the predictor serves a model of shape {conv.shape}, not this one's {_shape_of(cfg)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = params_to_hf_state_dict(params, cfg)
+    state.update({HF_PREFIX + PRED + k: v for k, v in paper_to_torch(conv.params, conv.pcfg, cfg).items()})
+    # the head predictor lives beside the token predictor; a paper .pt's frozen layer-0 q/k/v/o copies are
+    # the backbone's own layer-0 weights in a Butler model, so they are not written twice
+    state.update({(k if k.startswith(HF_PREFIX) else HF_PREFIX + k): v for k, v in conv.carried.items()
+                  if k.startswith(HF_PREFIX) or k.startswith("sparse_head_predictor.")})
+    dtype = "bfloat16" if cfg.dtype == "bfloat16" else "float32"
+    (out / "config.json").write_text(json.dumps(butler_config(cfg, conv.pcfg, dtype), indent=2))
+    write_safetensors(state, out / "model.safetensors", metadata={"format": "pt"})
+    (out / "README.md").write_text(BUTLER_README)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out))
+    return out
+
+
 # ----------------------------------------------------------------------------- long-context producers
 
 
@@ -323,13 +389,15 @@ def longctx_from_torch(dicts: list[dict[str, np.ndarray]], mcfg: ModelConfig, wh
     for name in ("key_cache_proj", "q_mlps.0.2.weight", "q_mlps.0.0.weight"):
         if name not in first:
             raise CheckpointError(f"{where}: producer 0: missing tensor {name!r}; {hint}")
-    layers, heads, head_dim, d_dash = first["key_cache_proj"].shape
-    out, intdim = first["q_mlps.0.2.weight"].shape
+    layers, heads, head_dim, d_dash = _dims(first, "key_cache_proj", 4, f"{where}: producer 0")
+    out, intdim = _dims(first, "q_mlps.0.2.weight", 2, f"{where}: producer 0")
     group = out // (mcfg.num_attention_heads * d_dash)
     if group < 1 or out % (mcfg.num_attention_heads * d_dash):
         raise CheckpointError(f"{where}: q_mlps.0.2.weight has {out} rows, not G*heads*dDash for "
                               f"heads={mcfg.num_attention_heads}, dDash={d_dash}; {hint}")
-    pcfg = PredictorConfig(kind="longctx", dDash=d_dash, intdim=intdim, producer_frequency=group)
+    per_head = heads != mcfg.num_key_value_heads
+    pcfg = PredictorConfig(kind="longctx", dDash=d_dash, intdim=intdim, producer_frequency=group,
+                           key_proj_heads="attention" if per_head else "kv")
     n_prod = len(producer_layers(mcfg.num_hidden_layers, group))
     if len(dicts) != n_prod:
         raise CheckpointError(f"{where}: holds {len(dicts)} producer dicts; {mcfg.num_hidden_layers} layers with "
@@ -350,11 +418,7 @@ def longctx_from_torch(dicts: list[dict[str, np.ndarray]], mcfg: ModelConfig, wh
             "mlp_0": {"kernel": _cast(state["q_mlps.0.0.weight"], dtype, True)},
             "mlp_2": {"kernel": _cast(state["q_mlps.0.2.weight"], dtype, True)}}
     proj = np.stack([dicts[max(l - 1, 0) // group]["key_cache_proj"][l] for l in range(layers)])
-    note = ""
-    if heads != mcfg.num_key_value_heads:
-        g = heads // mcfg.num_key_value_heads
-        proj = proj.astype(np.float32).reshape(layers, mcfg.num_key_value_heads, g, head_dim, d_dash).mean(2).astype(proj.dtype)
-        note = f"key_cache_proj averaged over each group of {g} attention heads (not invertible)"
+    note = f"key_cache_proj kept per attention head (averaged over each group of {mcfg.num_groups} at use)" if per_head else ""
     params["key_cache_proj"] = _cast(proj, dtype)
     return params, pcfg, note
 
@@ -417,7 +481,7 @@ def write_torch_predictor(conv: ConvertedPredictor, path: str | Path, fmt: str |
 def save_jax_predictor(conv: ConvertedPredictor, directory: str | Path) -> Path:
     """predictor.safetensors + predictor.json (+ torch_carried.safetensors) in `directory`."""
     meta = {"predictor": dataclasses.asdict(conv.pcfg), "model_shape": {k: v for k, v in conv.shape.items() if k != "head_dim"},
-            "head_dim": conv.shape["head_dim"], "torch_source": conv.source}
+            "head_dim": conv.shape["head_dim"], "torch_source": conv.source, "torch_carried": sorted(conv.carried)}
     out = save_tree(conv.params, directory, "predictor", meta)
     if conv.carried:
         write_safetensors(conv.carried, out / CARRIED_FILE)
@@ -431,6 +495,10 @@ def load_jax_predictor(directory: str | Path) -> ConvertedPredictor:
     shape = {**meta["model_shape"], "head_dim": meta.get("head_dim")}
     carried_file = Path(directory) / CARRIED_FILE
     carried = read_safetensors(carried_file) if carried_file.is_file() else {}
+    if "torch_carried" in meta and sorted(carried) != meta["torch_carried"]:
+        raise CheckpointError(f"{str(carried_file)!r} does not hold the {len(meta['torch_carried'])} carried tensors "
+                              "predictor.json lists (a file left by another conversion?); convert the source again "
+                              "into a new folder")
     source = meta.get("torch_source") or {"format": "longctx" if pcfg.kind == "longctx" else pcfg.variant}
     return ConvertedPredictor(unflatten(flatten(params)), pcfg, shape, carried, source)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from butler_jax.weights.errors import CheckpointError
+from butler_jax.errors import CheckpointError
 
 
 def torch_to_numpy(tensor) -> np.ndarray:
