@@ -204,9 +204,11 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 def load_yaml(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """Read a YAML config (following `base:` includes relative to the file) and apply overrides."""
-    path = Path(path)
+    from butler_jax.paths import packaged_configs, resolve_config
+
+    path = resolve_config(path)
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist; see configs/ for examples")
+        raise ConfigError(f"config file {str(path)!r} does not exist; give a file or a packaged config: {packaged_configs()}")
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections")
