@@ -4,34 +4,40 @@
     model = butler_jax.load("embedded")
     print(model.generate("Tell me a joke", method="tokenbutler", budget="sparsity=0.5").texts[0])
 
-The Pallas kernels are `butler_jax.kernels`: installed, the repository's top-level `kernels/`
-folder is mapped there (pyproject.toml, package_dir); in a source checkout the finder below
-resolves that name to the same folder, so no top-level `kernels` module is needed.
+pyproject.toml installs two folders of the repository inside this package (package_dir):
+`kernels/` as `butler_jax.kernels` and the root scripts (train.py, evaluate.py, convert_torch.py)
+as `butler_jax.cli`, so nothing but `butler_jax` is installed at the top level. In a source
+checkout (or an editable install) the finder below gives those names the same folders.
 """
 
 from __future__ import annotations
 
 import importlib.abc
+import importlib.machinery
 import importlib.util
 import sys
 from pathlib import Path
 
-_SOURCE_KERNELS = Path(__file__).resolve().parent.parent / "kernels"
+_ROOT = Path(__file__).resolve().parent.parent
+_SOURCE_PACKAGES = {"butler_jax.kernels": _ROOT / "kernels", "butler_jax.cli": _ROOT}
 
 
-class _SourceKernelsFinder(importlib.abc.MetaPathFinder):
-    """Source checkout only: `butler_jax.kernels` -> the repository's `kernels/` folder."""
+class _SourceTreeFinder(importlib.abc.MetaPathFinder):
+    """Source tree only: `butler_jax.kernels` -> kernels/, `butler_jax.cli` -> the root scripts."""
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != "butler_jax.kernels":
+        folder = _SOURCE_PACKAGES.get(fullname)
+        if folder is None:
             return None
-        return importlib.util.spec_from_file_location(
-            fullname, _SOURCE_KERNELS / "__init__.py", submodule_search_locations=[str(_SOURCE_KERNELS)]
-        )
+        if (folder / "__init__.py").is_file():
+            return importlib.util.spec_from_file_location(fullname, folder / "__init__.py", submodule_search_locations=[str(folder)])
+        spec = importlib.machinery.ModuleSpec(fullname, None, is_package=True)  # a namespace package
+        spec.submodule_search_locations = [str(folder)]
+        return spec
 
 
-if not (Path(__file__).resolve().parent / "kernels").is_dir() and (_SOURCE_KERNELS / "__init__.py").is_file():
-    sys.meta_path.append(_SourceKernelsFinder())
+if not (Path(__file__).resolve().parent / "kernels").is_dir() and (_ROOT / "kernels" / "__init__.py").is_file():
+    sys.meta_path.append(_SourceTreeFinder())
 
 
 def __getattr__(name: str):
