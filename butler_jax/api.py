@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from butler_jax.config import ConfigError, ModelConfig, PredictorConfig, load_yaml, section
-from butler_jax.decode import generate as generate_tokens
+from butler_jax.decode import generate as decode_generate
 from butler_jax.models.llama import LlamaForCausalLM
 from butler_jax.models.predictor_io import load_predictor
 from butler_jax.paths import DEFAULT_MODEL_CONFIG, SHIPPED_PREDICTOR, resolve_data
@@ -51,17 +51,22 @@ class Generation:
 
 @dataclass
 class Model:
-    """A loaded Llama-family model, its tokenizer and (optionally) a TokenButler predictor."""
+    """A loaded Llama-family model (its tokenizer loaded on first use) and optionally a TokenButler predictor."""
 
     cfg: ModelConfig
     params: Any
-    tokenizer: Any
+    source: str  # the model source, for the tokenizer
     predictor: tuple[Any, Any] | None = None  # (module, params)
     sparsity: SparsityConfig = field(default_factory=lambda: SparsityConfig(**DECODE_SPARSITY))
     _policies: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.module = LlamaForCausalLM(self.cfg)
+
+    @property
+    def tokenizer(self):
+        """The source's HF tokenizer (GGUF tokenizers need torch: transformers' GGUF reader imports it)."""
+        return load_tokenizer(self.source)
 
     def policy(self, sparsity: SparsityConfig):
         """The policy of `sparsity`, built once (the same object keeps jit's cache warm)."""
@@ -90,22 +95,36 @@ class Model:
             prompts = [prompts]
         if not prompts:
             raise ValueError("prompts is empty; pass a string or a list of strings")
+        texts = [apply_chat_template(self.tokenizer, p) if chat else p for p in prompts]
+        rows, seconds = self.generate_tokens([self.tokenizer.encode(t) for t in texts], method=method, budget=budget,
+                                             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                             seed=seed, **sparsity)
+        return Generation([self.tokenizer.decode(r, skip_special_tokens=True) for r in rows], rows, seconds)
+
+    def generate_tokens(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        method: str = "dense",
+        budget: str | int = "fixed_50pc",
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        **sparsity: Any,
+    ) -> tuple[list[list[int]], float]:
+        """`generate` on token ids (no tokenizer): (generated ids per prompt, wall seconds)."""
         unknown = set(sparsity) - {f.name for f in dataclasses.fields(SparsityConfig)}
         if unknown:
             raise TypeError(f"unknown sparsity setting(s) {sorted(unknown)}; see butler_jax.sparsity.SparsityConfig")
         settings = dataclasses.replace(self.sparsity, method=method, budget=str(budget), **sparsity)
-        texts = [apply_chat_template(self.tokenizer, p) if chat else p for p in prompts]
-        ids = [self.tokenizer.encode(t) for t in texts]
         stops = [self.cfg.eos_token_id] if self.cfg.eos_token_id is not None else []
         start = time.perf_counter()
-        result = generate_tokens(
-            self.module, self.params, ids, max_new_tokens, policy=self.policy(settings),
+        result = decode_generate(
+            self.module, self.params, prompts, max_new_tokens, policy=self.policy(settings),
             sampling=SamplingConfig(temperature, top_p), stop_tokens=stops, seed=seed,
         )
-        seconds = time.perf_counter() - start
-        rows = result.rows()
-        return Generation([self.tokenizer.decode(r, skip_special_tokens=True) for r in rows], rows, seconds)
-
+        return result.rows(), time.perf_counter() - start
 
 def load(
     source: str | None = None,
@@ -135,7 +154,7 @@ def load(
         module, pparams, _ = load_predictor(checkpoint, mcfg)
         pred = (module, pparams)
     sparsity = section({"sparsity": {**DECODE_SPARSITY, **(data.get("sparsity") or {})}}, "sparsity", SparsityConfig)
-    return Model(mcfg, params, load_tokenizer(model_section.get("source", "random")), pred, sparsity)
+    return Model(mcfg, params, model_section.get("source", "random"), pred, sparsity)
 
 
 def _predictor_path(predictor: str | Path | None, data: dict, source: str) -> Path | None:
