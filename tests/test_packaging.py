@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -24,6 +23,16 @@ def test_every_subpackage_is_listed() -> None:
     assert {"butler_jax.kernels", "butler_jax.configs", "butler_jax.cli"} <= listed
 
 
+def _has_build_backend() -> bool:
+    """This environment's setuptools meets [build-system] requires (then no package index is needed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return int(version("setuptools").split(".")[0]) >= 77
+    except PackageNotFoundError:
+        return False
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     """`pip install --no-deps --target` of a copy of the source tree (non-editable)."""
@@ -31,8 +40,7 @@ def installed(tmp_path_factory) -> Path:
     src = tmp / "src"
     shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
         ".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache", "outputs", "runs", "bench", "tests"))
-    # build with this environment's setuptools when it has one (no package index needed), else isolated
-    isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    isolation = ["--no-build-isolation"] if _has_build_backend() else []  # else pip fetches setuptools
     cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", *isolation, "--target", str(tmp / "site"), str(src)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
