@@ -23,8 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.timing import best_seconds  # noqa: E402
-from kernels.score_select import score_and_select  # noqa: E402
-from kernels.topk_select import _plan, _radix_threshold, _sampled_select, topk_select  # noqa: E402
+from butler_jax.kernels.score_select import score_and_select  # noqa: E402
+from butler_jax.kernels.topk_select import _plan, _radix_threshold, _sampled_select, topk_select  # noqa: E402
 
 K = 8192
 ITERS = 50

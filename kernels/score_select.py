@@ -15,7 +15,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from kernels.topk_select import topk_select, topk_select_reference
+from butler_jax.kernels.topk_select import topk_select, topk_select_reference
 
 
 def _check_lengths(lengths: jax.Array, b: int) -> None:

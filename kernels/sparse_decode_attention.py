@@ -26,8 +26,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from kernels._common import cdiv, combine_splits, next_power_of_2, online_softmax_step
-from kernels._common import resolve_implementation
+from butler_jax.kernels._common import cdiv, combine_splits, next_power_of_2, online_softmax_step
+from butler_jax.kernels._common import resolve_implementation
 
 _MIN_DOT_ROWS = 16  # Triton dot tiles need at least 16 rows; query rows are padded (masked).
 _TARGET_PROGRAMS = 256  # default split count aims at about this many programs (132 SMs).

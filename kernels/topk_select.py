@@ -61,7 +61,7 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from kernels._common import cdiv, next_power_of_2, resolve_implementation
+from butler_jax.kernels._common import cdiv, next_power_of_2, resolve_implementation
 
 INVALID_KEY = np.int32(np.iinfo(np.int32).min)
 FORCED_KEY = np.int32(0x7FFF0000)  # low 16 bits zero: bf16 rows still resolve in 4 passes.

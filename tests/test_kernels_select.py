@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels.score_select import (importance_scores, oracle_logits, oracle_select,
+from butler_jax.kernels.score_select import (importance_scores, oracle_logits, oracle_select,
                                   score_and_select, score_and_select_reference)
-from kernels.topk_select import topk_select, topk_select_reference
+from butler_jax.kernels.topk_select import topk_select, topk_select_reference
 
 
 def _exact(scores: np.ndarray, k: int, lengths: np.ndarray, n_sink: int, n_recent: int):
@@ -135,7 +135,7 @@ def test_sampled_path_exact_when_taken(dtype):
     """The sampled bracket path alone: on normal scores every row takes it and is exact; on
     heavy ties the rows it accepts are exact and `topk_select` (sampled, with radix fallback;
     auto; radix) is exact everywhere."""
-    from kernels.topk_select import _plan, _sampled_select
+    from butler_jax.kernels.topk_select import _plan, _sampled_select
 
     rng = np.random.default_rng(4)
     rows, t, k = 4, 4096, 300
