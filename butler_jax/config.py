@@ -269,9 +269,12 @@ def load_yaml(path: str | Path, overrides: list[str] | None = None, _chain: tupl
     Relative paths inside each file resolve against that file's folder or the project root
     (`resolve_paths`); override values are used as given.
     """
-    path = Path(path).expanduser()
+    from butler_jax.paths import packaged_configs, resolve_config
+
+    path = resolve_config(path) if not _chain else Path(path).expanduser()
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist", fix="see configs/ for examples")
+        raise ConfigError(f"config file {str(path)!r} does not exist",
+                          fix=f"give a file or a packaged config: {packaged_configs()}")
     path = path.resolve()
     if path in _chain:
         cycle = " -> ".join(p.name for p in (*_chain, path))

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from kernels.dense_decode_attention import dense_decode_attention
-from kernels.sparse_decode_attention import sparse_decode_attention
+from butler_jax.kernels.dense_decode_attention import dense_decode_attention
+from butler_jax.kernels.sparse_decode_attention import sparse_decode_attention
 
 
 def dense_attend(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, lengths: jnp.ndarray, implementation: str = "auto") -> jnp.ndarray:

@@ -1,74 +1,64 @@
-"""Text generation from the command line: `python -m butler_jax.generate --prompt "..."`.
+"""Generate text: `python -m butler_jax.generate --prompt "..." [--method tokenbutler --budget sparsity=0.5]`.
 
-Uses the embedded SmolLM2-135M-Instruct unless `--config` names another model. Arguments and
-prompt lengths are checked before the weights load; errors print one line (`--debug`: traceback).
+Uses the embedded SmolLM2-135M-Instruct and its shipped predictor unless --config / --model /
+--predictor name others. Prints each continuation and the tokens/s of the call (with --warmup:
+of a second, compiled call).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 
 from butler_jax.cli import add_debug_flag, run_cli
-from butler_jax.config import PROJECT_ROOT, ModelConfig, load_yaml, section
-from butler_jax.errors import ConfigError, InputError
 from butler_jax.sampling import SamplingConfig
-
-DEFAULT_CONFIG = str(PROJECT_ROOT / "configs" / "smollm2-135m.yaml")
-
-
-def check_lengths(prompts: list[list[int]], max_new_tokens: int, cfg: ModelConfig) -> None:
-    """Raise unless every prompt plus `max_new_tokens` fits the model's positions."""
-    longest = max(len(p) for p in prompts)
-    if longest + max_new_tokens > cfg.max_position_embeddings:
-        raise InputError(f"a prompt of {longest} tokens plus --max-new-tokens {max_new_tokens} exceeds the model's "
-                         f"{cfg.max_position_embeddings} positions (model.max_position_embeddings)",
-                         fix="shorten the prompt or lower --max-new-tokens")
+from butler_jax.sparsity import METHODS
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompt", action="append", required=True, help="repeat for a batch of prompts")
-    parser.add_argument("--config", default=DEFAULT_CONFIG)
+    parser.add_argument("--config", default="smollm2-135m", help="YAML file or packaged config name (default smollm2-135m)")
+    parser.add_argument("--model", default=None, help="model source (embedded, .gguf, HF directory or hub id); default: the config's")
+    parser.add_argument("--method", default="dense", choices=METHODS)
+    parser.add_argument("--budget", default="fixed_50pc", help="tokens=N (or N), keep=F, sparsity=F or fixed_XXpc")
+    parser.add_argument("--predictor", default="auto",
+                        help="predictor checkpoint directory, 'shipped', 'none', or 'auto' (config's, else shipped for the embedded model)")
+    parser.add_argument("--predict-interval", type=int, default=None, help="tokenbutler: predict every N decode steps")
+    parser.add_argument("--neighbor-fetch", action="store_true", help="tokenbutler: widen each prediction's tokens to their neighbours")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-chat", action="store_true", help="do not wrap prompts in the chat template")
-    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. model.dtype=bfloat16")
-    args = add_debug_flag(parser).parse_args(argv)
+    parser.add_argument("--warmup", action="store_true", help="run once to compile, then time a second run")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. model.dtype=bfloat16 sparsity.n_window=32")
+    return add_debug_flag(parser)
 
-    if args.max_new_tokens < 1:
-        raise ConfigError(f"--max-new-tokens {args.max_new_tokens} must be >= 1")
-    sampling = SamplingConfig(args.temperature, args.top_p)
-    model_section = section(load_yaml(args.config, args.overrides), "model", ModelConfig)
 
-    from butler_jax.weights import load_tokenizer
-    from butler_jax.weights.tokenizer import apply_chat_template
+def sparsity_options(args: argparse.Namespace) -> dict:
+    """The tokenbutler-only settings given on the command line (others keep the config's)."""
+    options = {"predict_interval": args.predict_interval} if args.predict_interval is not None else {}
+    return {**options, "neighbor_fetch": True} if args.neighbor_fetch else options
 
-    tokenizer = load_tokenizer(model_section.source)
-    texts = args.prompt if args.no_chat else [apply_chat_template(tokenizer, p) for p in args.prompt]
-    prompts = [tokenizer.encode(t) for t in texts]
-    check_lengths(prompts, args.max_new_tokens, model_section)
 
-    from butler_jax.decode import generate
-    from butler_jax.models.llama import LlamaForCausalLM
-    from butler_jax.weights import model_from_config
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    SamplingConfig(temperature=args.temperature, top_p=args.top_p)  # checked before any weights load
+    from butler_jax.api import load
 
-    cfg, params = model_from_config(model_section)
-    check_lengths(prompts, args.max_new_tokens, cfg)  # the loaded weights may declare fewer positions
-    start = time.perf_counter()
-    result = generate(
-        LlamaForCausalLM(cfg), params, prompts, args.max_new_tokens, sampling=sampling,
-        stop_tokens=[cfg.eos_token_id] if cfg.eos_token_id is not None else [], seed=args.seed,
-    )
-    seconds = time.perf_counter() - start
-    for prompt, row in zip(args.prompt, result.rows()):
-        print(f"### {prompt}\n{tokenizer.decode(row, skip_special_tokens=True)}\n")
-    print(f"[{int(result.num_generated.sum())} tokens in {seconds:.1f}s including compilation]")
+    predictor = None if args.method != "tokenbutler" else args.predictor
+    model = load(args.model, config=args.config, predictor=predictor, overrides=args.overrides)
+    options = dict(method=args.method, budget=args.budget, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                   top_p=args.top_p, seed=args.seed, chat=not args.no_chat, **sparsity_options(args))
+    out = model.generate(args.prompt, **options)
+    if args.warmup:
+        out = model.generate(args.prompt, **options)
+    for prompt, text in zip(args.prompt, out.texts):
+        print(f"### {prompt}\n{text}\n")
+    when = "compiled" if args.warmup else "including compilation"
+    print(f"[{args.method}: {out.num_tokens} tokens in {out.seconds:.2f}s, {out.tokens_per_s:.1f} tokens/s ({when})]")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    raise SystemExit(run_cli(main))

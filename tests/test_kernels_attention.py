@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels.dense_decode_attention import dense_decode_attention, dense_decode_attention_reference
-from kernels.sparse_decode_attention import (
+from butler_jax.kernels.dense_decode_attention import dense_decode_attention, dense_decode_attention_reference
+from butler_jax.kernels.sparse_decode_attention import (
     sparse_decode_attention,
     sparse_decode_attention_reference,
 )

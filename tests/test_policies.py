@@ -53,11 +53,23 @@ def teacher_forced_decode_logits(model, params, tokens: np.ndarray, policy) -> n
 
 def test_budget_parsing() -> None:
     assert parse_budget("fixed_60pc") == Budget(keep_fraction=0.4)
-    assert parse_budget("30%") == Budget(keep_fraction=0.7)
-    assert parse_budget(2048) == Budget(tokens=2048)
-    assert parse_budget("0.25") == Budget(keep_fraction=0.25)
+    assert parse_budget("sparsity=0.6") == Budget(keep_fraction=0.4)
+    assert parse_budget("keep=0.25") == Budget(keep_fraction=0.25)
+    assert parse_budget(2048) == parse_budget("2048") == parse_budget("tokens=2048") == Budget(tokens=2048)
     with pytest.raises(ValueError, match="not understood"):
         parse_budget("half")
+
+
+@pytest.mark.parametrize("spec", [0.3, "0.3", "30%"])
+def test_budget_bare_fraction_is_ambiguous(spec) -> None:
+    with pytest.raises(ValueError, match=r"ambiguous.*keep=0\.3.*sparsity=0\.3"):
+        parse_budget(spec)
+
+
+@pytest.mark.parametrize("spec", ["keep=0", "sparsity=1", "fixed_100pc", "tokens=0.5", 0, 2048.0, True])
+def test_budget_out_of_range_rejected(spec) -> None:
+    with pytest.raises(ValueError, match="budget"):
+        parse_budget(spec)
 
 
 @pytest.mark.parametrize("method", SCORED)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from butler_jax.config import ModelConfig, PredictorConfig, section
 from butler_jax.errors import ConfigError
 from butler_jax.models.predictor_io import load_predictor
+from butler_jax.paths import resolve_data
 
 
 def predictor_path(data: dict) -> Path:
@@ -15,7 +14,7 @@ def predictor_path(data: dict) -> Path:
     if not pcfg.checkpoint:
         raise ConfigError("eval.methods includes tokenbutler but predictor.checkpoint is empty; train one with "
                          "`python train.py --config configs/train_smollm2.yaml` or drop tokenbutler from eval.methods")
-    path = Path(pcfg.checkpoint)
+    path = resolve_data(pcfg.checkpoint)
     if not path.is_dir():
         raise ConfigError(f"predictor.checkpoint={pcfg.checkpoint!r} is not a directory",
                           fix="give a folder written by train.py or convert_torch.py predictor-to-jax")

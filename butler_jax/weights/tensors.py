@@ -1,6 +1,7 @@
 """Reading and writing tensor files (safetensors, PyTorch .bin/.pt) as numpy arrays.
 
 bfloat16 is carried as `ml_dtypes.bfloat16` numpy arrays, so round trips are bit-exact.
+Safetensors go through `safetensors.numpy` (no torch); torch is imported only for .bin/.pt files.
 """
 
 from __future__ import annotations
@@ -52,20 +53,19 @@ def load_torch_file(path: str | Path) -> object:
 
 def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
     """All tensors of one .safetensors file as numpy arrays."""
-    from safetensors import safe_open
+    from safetensors.numpy import load_file
 
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            return {name: torch_to_numpy(handle.get_tensor(name)) for name in handle.keys()}
+        return load_file(str(path))
     except Exception as exc:
         raise CheckpointError(f"could not read safetensors file {str(path)!r}: {exc}") from exc
 
 
 def write_safetensors(tensors: dict[str, np.ndarray], path: str | Path, metadata: dict | None = None) -> None:
     """Write numpy arrays (bf16 included) to a .safetensors file."""
-    from safetensors.torch import save_file
+    from safetensors.numpy import save_file
 
-    save_file({k: numpy_to_torch(v) for k, v in tensors.items()}, str(path), metadata=metadata)
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata=metadata)
 
 
 def read_state_dict_dir(directory: Path) -> dict[str, np.ndarray]:
