@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 
 from bench.timing import best_seconds, copy_bandwidth, read_bandwidth
-from kernels.dense_decode_attention import dense_decode_attention
-from kernels.sparse_decode_attention import sparse_decode_attention
+from butler_jax.kernels.dense_decode_attention import dense_decode_attention
+from butler_jax.kernels.sparse_decode_attention import sparse_decode_attention
 
 B, HKV, D = 1, 8, 128  # Llama-3.1-8B decode, one sequence.
 DTYPE = jnp.bfloat16

@@ -24,9 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from bench.timing import best_seconds, copy_bandwidth, read_bandwidth
-from kernels.hist_select import hist_plan, hist_select
-from kernels.score_select import importance_scores, score_and_select
-from kernels.topk_select import topk_select
+from butler_jax.kernels.hist_select import hist_plan, hist_select
+from butler_jax.kernels.score_select import importance_scores, score_and_select
+from butler_jax.kernels.topk_select import topk_select
 
 K = 8192
 T = 131072

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from kernels._common import (attention_options, cdiv, check_qkv, combine_splits,
+from butler_jax.kernels._common import (attention_options, cdiv, check_qkv, combine_splits,
                              load_query, next_power_of_2, online_softmax_step,
                              resolve_implementation, softmax_init, store_partials)
 

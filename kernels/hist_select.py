@@ -34,8 +34,8 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from kernels._common import cdiv, next_power_of_2
-from kernels.select_keys import check_select_args, select_keys
+from butler_jax.kernels._common import cdiv, next_power_of_2
+from butler_jax.kernels.select_keys import check_select_args, select_keys
 
 _INT32_MIN = np.int32(np.iinfo(np.int32).min)
 _BITS = 8  # key bits per level

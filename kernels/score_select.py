@@ -21,8 +21,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from kernels._common import resolve_implementation
-from kernels.topk_select import topk_select, topk_select_reference
+from butler_jax.kernels._common import resolve_implementation
+from butler_jax.kernels.topk_select import topk_select, topk_select_reference
 
 _SCORE_BLOCK = 4096  # tokens per scoring program
 

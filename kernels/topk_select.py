@@ -64,12 +64,12 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from kernels._common import cdiv, next_power_of_2, resolve_implementation
-from kernels.hist_select import hist_select
+from butler_jax.kernels._common import cdiv, next_power_of_2, resolve_implementation
+from butler_jax.kernels.hist_select import hist_select
 
-from kernels.select_keys import FORCED_KEY, INVALID_KEY, _HI_ALL, _MIN_SCORE_KEY
-from kernels.select_keys import check_select_args as _check
-from kernels.select_keys import select_keys as _keys
+from butler_jax.kernels.select_keys import FORCED_KEY, INVALID_KEY, _HI_ALL, _MIN_SCORE_KEY
+from butler_jax.kernels.select_keys import check_select_args as _check
+from butler_jax.kernels.select_keys import select_keys as _keys
 _RADIX_BITS = 4
 _N_THRESH = 1 << _RADIX_BITS
 _BLOCK_T = 2048

@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels.hist_select import hist_plan, hist_select
-from kernels.score_select import (importance_scores, oracle_logits, oracle_select,
+from butler_jax.kernels.hist_select import hist_plan, hist_select
+from butler_jax.kernels.score_select import (importance_scores, oracle_logits, oracle_select,
                                   score_and_select, score_and_select_reference)
-from kernels.topk_select import topk_select, topk_select_reference
+from butler_jax.kernels.topk_select import topk_select, topk_select_reference
 from tests.kernel_test_base import KERNEL_MODES
 
 
@@ -197,7 +197,7 @@ def test_sampled_path_exact_when_taken(dtype, interpret):
     """The sampled bracket path alone: on normal scores every row takes it and is exact; on
     heavy ties the rows it accepts are exact and `topk_select` (sampled, with radix fallback;
     auto; radix) is exact everywhere."""
-    from kernels.topk_select import _plan, _sampled_select
+    from butler_jax.kernels.topk_select import _plan, _sampled_select
 
     rng = np.random.default_rng(4)
     rows, t, k = 4, 4096, 300
