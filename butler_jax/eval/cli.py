@@ -95,7 +95,7 @@ def build_tasks(eval_cfg: EvalConfig, sparsity: SparsityConfig, model, params, t
         samples = [TaskSample(f"coref{i}", c) for i, c in enumerate(coref)]
         evaluate = lambda policy, items: [evaluate_coref(model, params, policy, s) for s in items]  # noqa: E731
         settings = dict(common, task="coref", seed=eval_cfg.seed, length=eval_cfg.coref_length)
-        tasks.append(("coref", samples, evaluate, eval_cfg.budgets, 1, settings))
+        tasks.append(("coref", samples, evaluate, eval_cfg.coref_budgets or eval_cfg.budgets, 1, settings))
     if "ruler" in eval_cfg.tasks:
         from butler_jax.eval.tasks_generation import TaskSample, evaluate_ruler
 

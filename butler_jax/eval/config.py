@@ -36,4 +36,5 @@ class EvalConfig:
     ruler_budgets: list[str] = field(default_factory=list)  # default: the same as budgets
     ruler_batch: int = 8  # RULER prompts generated together (one compiled shape for every task)
     coref_samples: int = 4
+    coref_budgets: list[str] = field(default_factory=list)  # default: the same as budgets
     coref_length: int = 0  # 0: natural length (about 250-400 tokens); else padded with filler
