@@ -17,6 +17,7 @@ from butler_jax.eval.runner import Task, run_tasks
 from butler_jax.eval.tasks_perplexity import evaluate_window, perplexity_samples
 from butler_jax.models.llama import LlamaForCausalLM
 from butler_jax.sparsity import METHODS, SparsityConfig
+from butler_jax.text_source import read_documents
 from butler_jax.weights import load_tokenizer, model_from_config
 
 PACKAGE_DATA = Path(__file__).resolve().parent / "data"
@@ -27,18 +28,11 @@ NAMED_TEXTS = {
 
 
 def read_text_source(source: str) -> str:
-    """Text of a named corpus (wikitext2-test / wikitext2-valid), a file, or every .txt in a folder."""
-    path = NAMED_TEXTS.get(source, Path(source).expanduser())
-    if path.is_dir():
-        files = sorted(path.glob("*.txt"))
-        if not files:
-            raise FileNotFoundError(f"eval.ppl_source={source!r} is a folder without .txt files")
-        return "\n\n".join(f.read_text(encoding="utf-8", errors="replace") for f in files)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"eval.ppl_source={source!r} is neither {sorted(NAMED_TEXTS)} nor an existing file or folder"
-        )
-    return path.read_text(encoding="utf-8", errors="replace")
+    """Text of a named corpus (wikitext2-test / wikitext2-valid) or any butler_jax/text_source.py source
+    (file, folder, JSONL, parquet, wikitext2:<split>, hf:<name>[:config[:split]]), documents joined by a blank line."""
+    if source in NAMED_TEXTS:
+        return NAMED_TEXTS[source].read_text(encoding="utf-8")
+    return "\n\n".join(read_documents(source, hf_split="test"))
 
 
 def check_methods(eval_cfg: EvalConfig) -> None:

@@ -9,14 +9,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
+from butler_jax.text_source import strip_gutenberg
+
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 NOISE_SENTENCES: tuple[str, ...] = tuple(s + "." for s in NOISE[:-1].split(". "))
 # 40 evenly spaced needle depths from 0% to 100%, rounded to whole percents
 DEPTHS: tuple[int, ...] = tuple(round(100 * i / 39) for i in range(40))
 
 _SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+(?=[\"'(\[]?[A-Z0-9])")
-_GUTENBERG_START = re.compile(r"^\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG.*$", re.M | re.I)
-_GUTENBERG_END = re.compile(r"^\*\*\* ?END OF (THE|THIS) PROJECT GUTENBERG.*$", re.M | re.I)
 
 
 def noise_lines(num_sentences: int) -> list[str]:
@@ -58,13 +58,6 @@ def split_sentences(text: str) -> list[str]:
 
 
 SENTENCE_SPLITTER_DEVIATION = "essay sentences split by butler_jax's own rule, not NLTK punkt"
-
-
-def strip_gutenberg(text: str) -> str:
-    """The body of a Project Gutenberg e-text (between its START and END markers), else `text`."""
-    start, end = _GUTENBERG_START.search(text), _GUTENBERG_END.search(text)
-    body = text[start.end() if start else 0:end.start() if end else len(text)]
-    return body.strip() or text
 
 
 RULER_ESSAY_FILE = "PaulGrahamEssays.json"
