@@ -23,7 +23,7 @@ from butler_jax.sparsity.budget import parse_budget
 RULER_TASK_COUNT = 13
 FIELDS = ["method", "budget", "nominal_sparsity", "task", "metric", "value", "ci_low", "ci_high", "n",
           "effective_sparsity", "kept_tokens_mean", "vs_dense", "vs_dense_ci_low", "vs_dense_ci_high",
-          "oracle_recall", "deviations"]
+          "oracle_recall", "ruler_tasks", "deviations"]
 
 
 def nominal_sparsity(budget: str) -> float | None:
@@ -99,15 +99,19 @@ def _ruler_means(groups: dict[tuple, list[dict]]) -> list[dict[str, Any]]:
         if task.startswith("ruler:") and "@" in task:
             name, length = task[len("ruler:"):].rsplit("@", 1)
             by[(method, budget, length)][name] = [r["score"] for r in rs]
+    union: dict[str, set[str]] = defaultdict(set)  # every task run at a length, over all methods
+    for (_, _, length), tasks in by.items():
+        union[length] |= set(tasks)
     rows = []
     rng = np.random.default_rng(0)
     for (method, budget, length), tasks in sorted(by.items()):
         scores = [np.asarray(v) for v in tasks.values()]
         boots = [np.mean([s[rng.integers(0, len(s), len(s))].mean() for s in scores]) for _ in range(1000)]
-        label = "ruler mean" if len(tasks) == RULER_TASK_COUNT else f"ruler mean ({len(tasks)} of {RULER_TASK_COUNT} tasks)"
+        total = len(union[length])
+        label = "ruler mean" if total == RULER_TASK_COUNT else f"ruler mean ({total} of {RULER_TASK_COUNT} tasks)"
         rs = [r for t in tasks for r in groups[(method, budget, f"ruler:{t}@{length}")]]
         row = _base_row(method, budget, f"{label}@{length}", rs)
-        row.update(metric="ruler_mean", value=float(np.mean([s.mean() for s in scores])),
+        row.update(metric="ruler_mean", ruler_tasks=len(tasks), value=float(np.mean([s.mean() for s in scores])),
                    ci_low=float(np.percentile(boots, 2.5)), ci_high=float(np.percentile(boots, 97.5)))
         rows.append(row)
     return rows
@@ -122,7 +126,9 @@ def _fmt(value: float | None, metric: str) -> str:
 def cell(row: dict[str, Any]) -> str:
     """'value [low, high] (n=N)' in the row's unit (perplexity, else %)."""
     m = row["metric"]
-    return f"{_fmt(row['value'], m)} [{_fmt(row['ci_low'], m)}, {_fmt(row['ci_high'], m)}] (n={row['n']})"
+    only = f", over only {row['ruler_tasks']} tasks" if row.get("ruler_tasks") and row["ruler_tasks"] < int(
+        row["task"].split("(")[1].split()[0] if "(" in row["task"] else RULER_TASK_COUNT) else ""
+    return f"{_fmt(row['value'], m)} [{_fmt(row['ci_low'], m)}, {_fmt(row['ci_high'], m)}] (n={row['n']}{only})"
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -169,6 +175,7 @@ def plot(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     written = []
     ppl = [r for r in rows if r["metric"] == "perplexity" and r.get("vs_dense") is not None]
@@ -211,12 +218,14 @@ def plot(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
                 ax.bar(x, v, width, color=color(method), yerr=[[v - 100 * r["ci_low"]], [100 * r["ci_high"] - v]],
                        capsize=2, label=None if label in labelled else label)
                 labelled.add(label)
-        ax.bar([], [], fill=False, hatch="//", edgecolor="#bbbbbb", label="not run")
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(tasks))], tasks, rotation=30, ha="right")
+        handles, labels = ax.get_legend_handles_labels()
+        handles.append(Patch(fill=False, hatch="//", edgecolor="#bbbbbb", label="not run"))
+        ticks = [t.removeprefix("ruler:").replace(" of 13 tasks", "/13") for t in tasks]
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(tasks))], ticks, rotation=30, ha="right")
         ax.set_ylim(0, 105)
         ax.set_ylabel("score (%), 95 % CI")
         ax.set_title("Accuracy by task and method")
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
         path = out_dir / "scores_by_task.png"
         fig.savefig(path, dpi=120)
