@@ -6,7 +6,7 @@
   (batch, context), with the end-to-end figure (if known) as a black tick; from
   decode_breakdown.json.
 
-    python bench/plot_decode.py --latency bench/results/decode_latency.json --breakdown bench/results/decode_breakdown.json
+    PYTHONPATH=. python bench/plot_decode.py --latency bench/results/decode_latency.json --breakdown bench/results/decode_breakdown.json
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from butler_jax.eval.palette import COLORS  # noqa: E402
 
 
 def context_label(c: int) -> str:
@@ -33,7 +35,7 @@ def plot_latency(rows: list[dict], path, title: str = "") -> None:
     if not batches:
         raise ValueError("no measured rows to plot")
     methods = list(dict.fromkeys(r["method"] for r in ok))
-    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    colours = {m: COLORS.get(m, plt.get_cmap("tab10")(i % 10)) for i, m in enumerate(methods)}  # eval/palette.py
     fig, axes = plt.subplots(1, len(batches), figsize=(6.4 * len(batches), 4.8), squeeze=False)
     for ax, batch in zip(axes[0], batches):
         contexts = sorted({r["context"] for r in ok if r["batch"] == batch})
@@ -43,13 +45,15 @@ def plot_latency(rows: list[dict], path, title: str = "") -> None:
                 continue
             x = [p[0] for p in pts]
             ax.plot(x, [p[1] for p in pts], "o-", color=colours[m], label=m)
-            ax.plot(x, [p[2] for p in pts], "--", color=colours[m], alpha=0.6, linewidth=1)
+            # the floor: a dashed line between contexts and a wide tick at each (visible with one context too)
+            ax.plot(x, [p[2] for p in pts], "--", marker="_", markersize=22, markeredgewidth=2, color=colours[m],
+                    alpha=0.7, linewidth=1, label="bandwidth floor (method colour)" if m == methods[0] else None)
         ax.set_xscale("log", base=2)
         ax.set_xticks(contexts, [context_label(c) for c in contexts])
         ax.set_xlabel("context (tokens)")
         ax.set_ylabel("ms / token")
         ax.set_ylim(bottom=0)
-        ax.set_title(f"batch {batch}  (dashed: bandwidth floor)")
+        ax.set_title(f"batch {batch}  (dashes: bandwidth floor of each method)")
         ax.grid(True, alpha=0.3)
     axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     if title:
@@ -100,12 +104,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--latency", help="decode_latency.json -> decode_latency.png beside it")
     ap.add_argument("--breakdown", help="decode_breakdown.json -> decode_breakdown.png beside it")
+    ap.add_argument("--title", default="", help="figure title (default: the device in the file's meta)")
     args = ap.parse_args()
     if args.latency:
         path = Path(args.latency)
         data = json.loads(path.read_text())
         meta = data.get("meta", {})
-        plot_latency(data["rows"], path.with_suffix(".png"), title=meta.get("device", ""))
+        plot_latency(data["rows"], path.with_suffix(".png"), title=args.title or meta.get("device", ""))
         print(f"wrote {path.with_suffix('.png')}")
     if args.breakdown:
         path = Path(args.breakdown)

@@ -16,8 +16,8 @@ from butler_jax.eval.ruler_tasks import ALL_TASKS, TASKS
 from butler_jax.eval.scoring import string_match_all, string_match_part
 
 REPO = Path(__file__).resolve().parents[1]
-PG_ESSAYS = REPO.parent / "shared" / "data" / "paul-graham-essays" / "PaulGrahamEssays"
-# essays are not shipped; without the shared folder the wikitext copy serves as the essay text
+PG_ESSAYS = Path("/work/shared/data/paul-graham-essays")  # RULER's PaulGrahamEssays.json (not shipped)
+# essays are not shipped; without the shared folder the wikitext copy serves as a (named) fallback
 ESSAYS = PG_ESSAYS if PG_ESSAYS.is_dir() else REPO / "butler_jax" / "eval" / "data" / "wikitext-2-raw" / "wiki.test.raw"
 OFFLINE = [t for t in ALL_TASKS if TASKS[t].kind != "qa"]
 WRONG = "I could not find it: 0000000."
@@ -43,11 +43,11 @@ def _check_content(task: str, sample) -> None:
             assert re.search(rf"One of the special magic \w+ for [\w-]+ is: {re.escape(value)}\.", text)
     elif kind == "vt":
         names = sample.answers
-        assert re.search(rf"VAR {names[0]} = \d{{5}}\.", text)
+        assert re.search(rf"VAR {names[0]} = \d{{5}}\n", text)
         for a, b in zip(names, names[1:]):
-            assert f"VAR {b} = VAR {a}." in text
+            assert f"VAR {b} = VAR {a} \n" in text
     elif kind == "cwe":
-        listing = text.split("\n\n")[-1]  # after the worked example
+        listing = text.split("Below is a numbered list")[-1]  # after the worked example
         counts = Counter(re.findall(r"\d+\. (.+?)(?= \d+\. |\nQuestion)", listing))
         top = {w for w, _ in counts.most_common(10)}
         assert top == set(sample.answers) and min(counts[w] for w in top) > max(
@@ -121,12 +121,48 @@ def test_qa_without_data_says_where_to_put_it(smollm2_tok, task, file, tmp_path)
             generate_task(task, smollm2_tok, 1024, 1, qa_sources=sources, progress=False)
 
 
-def test_skip_unavailable_leaves_qa_out_with_a_warning(smollm2_tok):
-    with pytest.warns(UserWarning, match="skipping RULER task qa_1"):
-        out = generate_ruler(smollm2_tok, 1024, 1, tasks=["fwe", "qa_1"], skip_unavailable=True, progress=False)
-    assert list(out) == ["fwe"]
+def test_missing_qa_file_is_an_error_not_a_skip(smollm2_tok):
     with pytest.raises(QaDataUnavailable):
-        generate_ruler(smollm2_tok, 1024, 1, tasks=["qa_1"], progress=False)
+        generate_ruler(smollm2_tok, 1024, 1, tasks=["fwe", "qa_1"], progress=False)
+    assert list(generate_ruler(smollm2_tok, 1024, 1, tasks=["fwe"], progress=False)) == ["fwe"]
+
+
+@pytest.mark.parametrize("task", ["niah_single_1", "niah_multikey_2"])
+def test_needle_uses_rulers_plural_wording(smollm2_tok, chat, task):
+    text = _generate(smollm2_tok, chat, task, 1024, n=1)[0].input
+    assert "One of the special magic numbers for " in text
+    assert "One of the special magic number for " not in text
+    assert "What is the special magic number for " in text  # only the question is singular
+
+
+def test_cwe_example_is_a_numbered_templated_turn(smollm2_tok, chat):
+    s = _generate(smollm2_tok, chat, "cwe", 1024, n=1)[0]
+    prefix = TASKS["cwe"].max_new_tokens and "Answer: The top 10 words that appear most often in the list are:"
+    shot = re.search(re.escape(prefix) + r" (1\. \S+ 2\. \S+ .*?10\. \S+)\n", s.input)
+    assert shot is not None, "the example answer must be numbered 1. w 2. w ... 10. w"
+    assert s.input.count("<|im_start|>user") == 2  # the example is its own templated turn
+
+
+def test_vt_prefix_reads_assigned_and_example_is_fixed(smollm2_tok, chat):
+    a, b = _generate(smollm2_tok, chat, "vt", 1024, n=2)
+    assert "variables are assigned the value" in a.input and "assgined" not in a.input
+    example = lambda s: s.input.split("\n\nMemorize")[0].split("Memorize", 1)[1]  # noqa: E731
+    # one example fitted once: the same layout, names and value re-randomised per sample
+    assert example(a) != example(b) and len(example(a).split("\n")) == len(example(b).split("\n"))
+    assert re.search(r"are assigned the value \d{5}, they are:  [A-Z]{3}( [A-Z]{3}){4}\n", a.input)
+
+
+def test_sentence_split_keeps_initials_and_essay_deviations_are_named(tmp_path):
+    from butler_jax.eval.haystack import essay_deviations, split_sentences
+
+    assert split_sentences("He met James M. Goodhue there. Mr. Smith left.") == [
+        "He met James M. Goodhue there.", "Mr. Smith left."]
+    books = tmp_path / "books"
+    books.mkdir()
+    (books / "a.txt").write_text("Some text.")
+    assert any("FALLBACK" in d for d in essay_deviations(books))
+    if PG_ESSAYS.is_dir():
+        assert not any("FALLBACK" in d for d in essay_deviations(PG_ESSAYS))
 
 
 def _squad_file(path: Path) -> Path:

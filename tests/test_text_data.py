@@ -66,6 +66,26 @@ def test_local_sources(tmp_path):
     assert load_documents(f"pg19:{tmp_path / 'pg'}") == ["The story."]
     with pytest.raises(FileNotFoundError, match="neither a file, a folder"):
         load_documents(tmp_path / "nope.txt")
+    # one Gutenberg rule and one reader for training and evaluation
+    from butler_jax.train.config import DataConfig
+    from butler_jax.train.data import read_documents as train_documents
+
+    assert list(train_documents(str(tmp_path / "pg"), DataConfig())) == load_documents(tmp_path / "pg")
+
+
+def test_token_cap_stops_reading(tmp_path):
+    from butler_jax.text_source import read_documents, take_tokens
+
+    read = []
+
+    def docs():
+        for i in range(100):
+            read.append(i)
+            yield f"doc{i} " * 10
+    encode = lambda ds: [list(d.encode()) for d in ds]  # noqa: E731
+    ids = take_tokens(docs(), encode, max_tokens=150)
+    assert sum(map(len, ids)) == 150 and len(read) == 3  # 50 bytes a document: the third is cut, no fourth read
+    assert next(read_documents("wikitext2:valid")).startswith(" \n = Homarus gammarus")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("pyarrow") is not None, reason="pyarrow is installed")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import json
 from pathlib import Path
 
@@ -11,10 +13,12 @@ import numpy as np
 from butler_jax.config import ModelConfig, load_yaml, section
 from butler_jax.errors import ConfigError
 from butler_jax.eval.config import EvalConfig, check_eval_config
+from butler_jax.eval.provenance import files_hash, provenance
 from butler_jax.eval.runner import Task, run_tasks
 from butler_jax.eval.tasks_perplexity import evaluate_window, perplexity_samples
 from butler_jax.models.llama import LlamaForCausalLM
 from butler_jax.sparsity import METHODS, SparsityConfig
+from butler_jax.text_source import read_documents
 from butler_jax.weights import load_tokenizer, model_from_config
 
 PACKAGE_DATA = Path(__file__).resolve().parent / "data"
@@ -25,28 +29,50 @@ NAMED_TEXTS = {
 
 
 def read_text_source(source: str) -> str:
-    """Text of a named corpus (wikitext2-test / wikitext2-valid), a file, or every .txt in a folder."""
-    path = NAMED_TEXTS.get(source, Path(source).expanduser())
-    if path.is_dir():
-        files = sorted(path.glob("*.txt"))
-        if not files:
-            raise ConfigError(f"eval.ppl_source={source!r} is a folder without .txt files")
-        return "\n\n".join(f.read_text(encoding="utf-8", errors="replace") for f in files)
-    if not path.is_file():
-        raise ConfigError(
-            f"eval.ppl_source={source!r} is neither {sorted(NAMED_TEXTS)} nor an existing file or folder"
-        )
-    return path.read_text(encoding="utf-8", errors="replace")
+    """Text of a named corpus (wikitext2-test / wikitext2-valid) or any butler_jax/text_source.py source
+    (file, folder, JSONL, parquet, wikitext2:<split>, hf:<name>[:config[:split]]), documents joined by a blank line."""
+    if source in NAMED_TEXTS:
+        return NAMED_TEXTS[source].read_text(encoding="utf-8")
+    return "\n\n".join(read_documents(source, hf_split="test"))
 
 
-def build_tasks(eval_cfg: EvalConfig, sparsity: SparsityConfig, model, params, tokenizer) -> list[Task]:
+FALLBACK_HAYSTACK = Path(__file__).resolve().parents[1] / "train" / "data" / "pg19-test-books"
+
+
+def ruler_samples(eval_cfg: EvalConfig, tokenizer) -> dict[str, list]:
+    """{task@length: samples}: generated for every configured length, plus those read from RULER JSONL files."""
+    from butler_jax.eval.ruler import generate_ruler
+    from butler_jax.eval.ruler_files import read_ruler_jsonl
+    from butler_jax.weights.tokenizer import apply_chat_template
+
+    template = lambda text: apply_chat_template(tokenizer, text)  # noqa: E731
+    out: dict[str, list] = {}
+    for length in eval_cfg.ruler_lengths or [eval_cfg.ruler_length]:
+        generated = generate_ruler(tokenizer, length, eval_cfg.ruler_samples, eval_cfg.ruler_tasks, seed=eval_cfg.seed,
+                                   chat_template=template, essay_path=eval_cfg.ruler_haystack or FALLBACK_HAYSTACK,
+                                   qa_sources=eval_cfg.ruler_qa_files, progress=False)
+        out.update({f"{task}@{length}": items for task, items in generated.items()})
+    for task, path in eval_cfg.ruler_files.items():
+        out[f"{task}@file"] = read_ruler_jsonl(task, path, tokenizer)
+    return out
+
+
+def build_tasks(eval_cfg: EvalConfig, sparsity: SparsityConfig, model, params, tokenizer,
+                common: dict | None = None) -> list[Task]:
+    """The configured tasks; each carries its result-changing settings (`common`: model and predictor)."""
+    common = common or {}
     tasks: list[Task] = []
     if "perplexity" in eval_cfg.tasks:
-        ids = np.asarray(tokenizer.encode(read_text_source(eval_cfg.ppl_source)[: 40 * eval_cfg.ppl_context * eval_cfg.ppl_windows]))
-        samples = perplexity_samples(ids, eval_cfg.ppl_context, eval_cfg.ppl_windows)
+        text = read_text_source(eval_cfg.ppl_source)
+        if eval_cfg.ppl_windows:  # a prefix long enough for the windows asked for
+            text = text[: 40 * eval_cfg.ppl_context * eval_cfg.ppl_windows]
+        ids = np.asarray(tokenizer.encode(text))
+        samples = perplexity_samples(ids, eval_cfg.ppl_context, eval_cfg.ppl_windows or len(ids))
         name = f"ppl:{Path(eval_cfg.ppl_source).stem if eval_cfg.ppl_source not in NAMED_TEXTS else eval_cfg.ppl_source}"
         evaluate = lambda policy, pp, items: [evaluate_window(model, params, policy, pp, s, sparsity.dense_layers) for s in items]  # noqa: E731
-        tasks.append((name, samples, evaluate, eval_cfg.budgets, 1))
+        settings = dict(common, task="perplexity", source=eval_cfg.ppl_source, text_sha=_sha(text),
+                        context=eval_cfg.ppl_context)
+        tasks.append((name, samples, evaluate, eval_cfg.budgets, 1, settings))
     if "coref" in eval_cfg.tasks:
         from butler_jax.eval.coref import generate_coref
         from butler_jax.eval.tasks_generation import TaskSample, evaluate_coref
@@ -54,16 +80,12 @@ def build_tasks(eval_cfg: EvalConfig, sparsity: SparsityConfig, model, params, t
         coref = generate_coref(tokenizer, eval_cfg.coref_samples, seed=eval_cfg.seed, target_tokens=eval_cfg.coref_length or None, progress=False)
         samples = [TaskSample(f"coref{i}", c) for i, c in enumerate(coref)]
         evaluate = lambda policy, pp, items: [evaluate_coref(model, params, policy, pp, s) for s in items]  # noqa: E731
-        tasks.append(("coref", samples, evaluate, eval_cfg.budgets, 1))
+        settings = dict(common, task="coref", seed=eval_cfg.seed, length=eval_cfg.coref_length)
+        tasks.append(("coref", samples, evaluate, eval_cfg.coref_budgets or eval_cfg.budgets, 1, settings))
     if "ruler" in eval_cfg.tasks:
-        from butler_jax.eval.ruler import generate_ruler
         from butler_jax.eval.tasks_generation import TaskSample, evaluate_ruler
-        from butler_jax.weights.tokenizer import apply_chat_template
 
-        template = lambda text: apply_chat_template(tokenizer, text)  # noqa: E731
-        generated = generate_ruler(tokenizer, eval_cfg.ruler_length, eval_cfg.ruler_samples, eval_cfg.ruler_tasks,
-                                   skip_unavailable=True, seed=eval_cfg.seed, chat_template=template,
-                                   essay_path=eval_cfg.ruler_haystack_dir or None, progress=False)
+        generated = ruler_samples(eval_cfg, tokenizer)
         stops = [model.cfg.eos_token_id] if model.cfg.eos_token_id is not None else []
         every = [s for items in generated.values() for s in items]
         batch = max(1, min(eval_cfg.ruler_batch, len(every)))
@@ -74,9 +96,16 @@ def build_tasks(eval_cfg: EvalConfig, sparsity: SparsityConfig, model, params, t
                                      prompt_width=-(-width // 64) * 64, max_new_tokens=max_new)
         for task, items in generated.items():
             samples = [TaskSample(f"{task}-{s.index}", s) for s in items]
-            tasks.append((f"ruler:{task}@{eval_cfg.ruler_length}", samples, evaluate,
-                          eval_cfg.ruler_budgets or eval_cfg.budgets, batch))
+            # the prompts themselves are the task settings (haystack, qa file, seed, template, code)
+            settings = dict(common, task="ruler", prompts=_sha("\x00".join(s.input + "\x01" + "|".join(s.answers)
+                                                                           for s in items)))
+            tasks.append((f"ruler:{task}", samples, evaluate, eval_cfg.ruler_budgets or eval_cfg.budgets, batch,
+                          settings))
     return tasks
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def run_from_config(config_path: str, overrides: list[str]) -> list[dict]:
@@ -88,20 +117,40 @@ def run_from_config(config_path: str, overrides: list[str]) -> list[dict]:
         from butler_jax.eval.predictor_loading import predictor_path
 
         predictor_path(data)  # before the model loads
-    cfg, params = model_from_config(section(data, "model", ModelConfig))
+    model_cfg = section(data, "model", ModelConfig)
+    cfg, params = model_from_config(model_cfg)
     tokenizer = load_tokenizer(cfg.source)
     model = LlamaForCausalLM(cfg)
     predictor = None
+    common: dict = {"model": dataclasses.asdict(model_cfg), "model_files": files_hash(cfg.source)}
     if "tokenbutler" in eval_cfg.methods:
         from butler_jax.eval.predictor_loading import load_predictor_for_eval
 
         predictor = load_predictor_for_eval(data, cfg)
-    tasks = build_tasks(eval_cfg, sparsity, model, params, tokenizer)
+        common.update(predictor=data.get("predictor"), predictor_files=files_hash(data["predictor"]["checkpoint"]))
+    tasks = build_tasks(eval_cfg, sparsity, model, params, tokenizer, common)
     print(f"evaluating {cfg.source}: methods {eval_cfg.methods}, budgets {eval_cfg.budgets}, "
           f"tasks {[t[0] for t in tasks]} ({sum(len(t[1]) for t in tasks)} samples each) -> {eval_cfg.output_dir}")
-    rows = run_tasks(tasks, eval_cfg, sparsity, cfg, predictor)
+    reuse: dict[str, int] = {}
+    rows = run_tasks(tasks, eval_cfg, sparsity, cfg, predictor, reuse)
     out = Path(eval_cfg.output_dir)
     print((out / "summary.md").read_text())
-    print(f"wrote {out / 'samples.jsonl'}, {out / 'summary.csv'}, {out / 'summary.md'} and plots in {out}")
+    print(f"samples: {reuse['computed']} computed, {reuse['reused']} reused from {out / 'samples.jsonl'} "
+          "(same settings hash)")
+    result = write_results(out, data, rows, reuse, [config_path, *overrides])
+    print(f"wrote {out / 'samples.jsonl'}, {out / 'summary.csv'}, {out / 'summary.md'}, {result} and plots in {out}")
     (out / "config.json").write_text(json.dumps(data, indent=1, default=str))
     return rows
+
+
+def write_results(out: Path, data: dict, rows: list[dict], reuse: dict[str, int], command: list[str]) -> Path:
+    """results_<UTC time>.json: the resolved config, provenance (commit, dirty, versions, device), the
+    reuse counts and the summary rows. Never overwrites an earlier run's file."""
+    prov = provenance()
+    path = out / f"results_{prov['time_utc'].replace(':', '').replace('-', '')}.json"
+    n = 1
+    while path.exists():
+        path, n = path.with_name(f"{path.stem.split('.')[0]}.{n}.json"), n + 1
+    path.write_text(json.dumps({"command": ["python", "evaluate.py", "--config", *command], "provenance": prov,
+                                "config": data, "samples": reuse, "summary": rows}, indent=1, default=str))
+    return path

@@ -9,14 +9,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
+from butler_jax.text_source import strip_gutenberg
+
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 NOISE_SENTENCES: tuple[str, ...] = tuple(s + "." for s in NOISE[:-1].split(". "))
 # 40 evenly spaced needle depths from 0% to 100%, rounded to whole percents
 DEPTHS: tuple[int, ...] = tuple(round(100 * i / 39) for i in range(40))
 
 _SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+(?=[\"'(\[]?[A-Z0-9])")
-_GUTENBERG_START = re.compile(r"^\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG.*$", re.M | re.I)
-_GUTENBERG_END = re.compile(r"^\*\*\* ?END OF (THE|THIS) PROJECT GUTENBERG.*$", re.M | re.I)
 
 
 def noise_lines(num_sentences: int) -> list[str]:
@@ -26,20 +26,50 @@ def noise_lines(num_sentences: int) -> list[str]:
     return [" ".join(cycle[i:i + step]) for i in range(0, num_sentences, step)]
 
 
+_ABBREVIATIONS = frozenset("mr mrs ms dr st jr sr prof gen col capt lt sgt rev hon vs etc no vol fig ed eds "
+                           "inc ltd co corp dept univ jan feb mar apr jun jul aug sep sept oct nov dec e.g i.e".split())
+
+
+def _ends_in_abbreviation(piece: str) -> bool:
+    """True when `piece` ends with an initial ("M.") or a common abbreviation ("Mr.", "e.g.")."""
+    last = piece.rsplit(None, 1)[-1] if piece.strip() else ""
+    if not last.endswith("."):
+        return False
+    word = last[:-1].lstrip("\"'([")
+    return (len(word) == 1 and word.isalpha()) or word.lower() in _ABBREVIATIONS
+
+
 def split_sentences(text: str) -> list[str]:
-    """Split at . ! ? (optionally closing a quote/bracket) followed by space and a capital or digit.
+    """Split at . ! ? (optionally closing a quote/bracket) followed by space and a capital or digit,
+    except after an initial or a common abbreviation ("James M. Goodhue", "Mr. Smith").
 
-    Our own rule instead of NLTK punkt (whose data is not shipped): abbreviations such as "Mr."
-    before a capital are split too, which only moves where a needle may land.
+    Our own rule instead of NLTK punkt (whose data is not shipped): a deviation from RULER that
+    only moves where a needle may land; every RULER output names it (SENTENCE_SPLITTER_DEVIATION).
     """
-    return [s for s in _SENTENCE_END.split(text) if s]
+    out: list[str] = []
+    for piece in _SENTENCE_END.split(text):
+        if not piece:
+            continue
+        if out and _ends_in_abbreviation(out[-1]):
+            out[-1] = f"{out[-1]} {piece}"
+        else:
+            out.append(piece)
+    return out
 
 
-def strip_gutenberg(text: str) -> str:
-    """The body of a Project Gutenberg e-text (between its START and END markers), else `text`."""
-    start, end = _GUTENBERG_START.search(text), _GUTENBERG_END.search(text)
-    body = text[start.end() if start else 0:end.start() if end else len(text)]
-    return body.strip() or text
+SENTENCE_SPLITTER_DEVIATION = "essay sentences split by butler_jax's own rule, not NLTK punkt"
+
+
+RULER_ESSAY_FILE = "PaulGrahamEssays.json"
+
+
+def essay_deviations(path: str | Path) -> tuple[str, ...]:
+    """How an essay haystack from `path` differs from RULER's (named in every output)."""
+    path = Path(path).expanduser()
+    found = path / RULER_ESSAY_FILE if path.is_dir() else path
+    own = () if found.name == RULER_ESSAY_FILE and found.is_file() else (
+        f"FALLBACK essay haystack {path}, not RULER's {RULER_ESSAY_FILE}",)
+    return own + (SENTENCE_SPLITTER_DEVIATION,)
 
 
 def _read_essay_file(path: Path) -> str:
@@ -55,10 +85,12 @@ def _read_essay_file(path: Path) -> str:
 def load_essay_words(path: str | Path) -> tuple[str, ...]:
     """All words of an essay source, whitespace-collapsed.
 
-    `path`: a .txt file, a JSON file `{"text": ...}`, or a folder (every .txt under it, sorted by
-    path). Project Gutenberg headers and footers are removed from .txt files.
+    `path`: a .txt file, a JSON file `{"text": ...}` (RULER's PaulGrahamEssays.json), a folder holding
+    PaulGrahamEssays.json (that file is read), or a folder (every .txt under it, sorted by path). Project Gutenberg headers and footers are removed from .txt files.
     """
     path = Path(path).expanduser()
+    if path.is_dir() and (path / RULER_ESSAY_FILE).is_file():  # e.g. shared/data/paul-graham-essays
+        path = path / RULER_ESSAY_FILE
     if path.is_dir():
         files = sorted(path.rglob("*.txt"))
         if not files:
@@ -99,5 +131,5 @@ def insert_at_depths(sentences: list[str], inserts: Sequence[str], rng: random.R
     depths = sorted(rng.sample(DEPTHS, len(inserts)))
     out = list(sentences)
     for offset, (depth, needle) in enumerate(zip(depths, inserts)):
-        out.insert(round(depth / 100 * len(sentences)) + offset, needle)
+        out.insert(int(len(sentences) * (depth / 100)) + offset, needle)  # floor, as RULER
     return out

@@ -1,4 +1,10 @@
-"""Summaries of evaluation records: a CSV, a markdown table and PNG plots."""
+"""Summaries of evaluation records: rows with n and 95 % CIs, a CSV, a markdown table and PNG plots.
+
+Perplexity rows: exp(summed NLL / tokens) over windows, bootstrap CI over windows, and the paired
+per-window relative difference to dense (`vs_dense_*`). Score rows: mean over samples with a bootstrap
+CI. Co-reference adds a `location_inaccuracy` row; RULER adds, per (method, budget, length), the mean
+over its tasks, named "ruler mean (N of 13 tasks)" when fewer than 13 ran.
+"""
 
 from __future__ import annotations
 
@@ -8,77 +14,185 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
+
+from butler_jax.eval.palette import color
+from butler_jax.eval.stats import bootstrap_ci, paired_difference, perplexity_ci
+from butler_jax.sparsity.budget import parse_budget
+
+RULER_TASK_COUNT = 13
+FIELDS = ["method", "budget", "nominal_sparsity", "task", "metric", "value", "ci_low", "ci_high", "n",
+          "effective_sparsity", "kept_tokens_mean", "vs_dense", "vs_dense_ci_low", "vs_dense_ci_high",
+          "oracle_recall", "ruler_tasks", "deviations"]
+
+
+def nominal_sparsity(budget: str) -> float | None:
+    """The budget's nominal sparsity (0..1) for a fraction budget; None for dense or a token count."""
+    if budget == "full":
+        return 0.0
+    b = parse_budget(budget)
+    return None if b.keep_fraction is None else 1 - b.keep_fraction
+
+
+def kept_tokens_mean(record: dict[str, Any]) -> float | None:
+    """Mean keys attended per query row and head, from the measured sparsity of a teacher-forced window of
+    `count + 1` tokens (causal rows see (T + 1) / 2 keys on average); None where not measured (RULER
+    generation records no selection statistics yet)."""
+    if record.get("sparsity") is None or record.get("count") is None:
+        return None
+    return (1 - record["sparsity"]) * (record["count"] + 2) / 2
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def _window_ppl(r: dict) -> float:
+    return math.exp(r["nll_sum"] / r["count"])
+
+
+def _base_row(method: str, budget: str, task: str, rs: list[dict]) -> dict[str, Any]:
+    deviations = sorted({d for r in rs for d in r.get("deviations", [])})
+    return {"method": method, "budget": budget, "nominal_sparsity": nominal_sparsity(budget), "task": task,
+            "n": len(rs), "effective_sparsity": _mean([r["sparsity"] for r in rs if r.get("sparsity") is not None]),
+            "kept_tokens_mean": _mean([k for k in map(kept_tokens_mean, rs) if k is not None]),
+            "oracle_recall": _mean([r["oracle_recall"] for r in rs if r.get("oracle_recall") is not None]),
+            "deviations": "; ".join(deviations)}
+
 
 def summarize(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (method, budget, task): perplexity from summed NLL, else the mean score."""
+    """Rows per (method, budget, task), plus coref location inaccuracy and RULER means (see module doc)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         groups[(r["method"], r["budget"], r["task"])].append(r)
+    dense = {task: {r["sample"]: _window_ppl(r) for r in rs} for (m, _, task), rs in groups.items()
+             if m == "dense" and "nll_sum" in rs[0]}
     rows = []
     for (method, budget, task), rs in sorted(groups.items()):
-        row: dict[str, Any] = {"method": method, "budget": budget, "task": task, "samples": len(rs)}
+        row = _base_row(method, budget, task, rs)
         if "nll_sum" in rs[0]:
             row["metric"] = "perplexity"
-            row["value"] = math.exp(sum(r["nll_sum"] for r in rs) / sum(r["count"] for r in rs))
+            row["value"], row["ci_low"], row["ci_high"] = perplexity_ci([r["nll_sum"] for r in rs], [r["count"] for r in rs])
+            if method != "dense" and task in dense:
+                ratio = {r["sample"]: _window_ppl(r) / dense[task][r["sample"]] - 1 for r in rs
+                         if r["sample"] in dense[task]}
+                if ratio:
+                    d = paired_difference(ratio, {s: 0.0 for s in ratio})
+                    row.update(vs_dense=d["mean"], vs_dense_ci_low=d["ci_low"], vs_dense_ci_high=d["ci_high"])
         else:
             row["metric"] = rs[0].get("metric", "score")
-            row["value"] = sum(r["score"] for r in rs) / len(rs)
-        sparsities = [r["sparsity"] for r in rs if r.get("sparsity") is not None]
-        if sparsities:
-            row["sparsity"] = sum(sparsities) / len(sparsities)
-        recalls = [r["oracle_recall"] for r in rs if r.get("oracle_recall") is not None]
-        if recalls:
-            row["oracle_recall"] = sum(recalls) / len(recalls)
+            row["value"], row["ci_low"], row["ci_high"] = bootstrap_ci([r["score"] for r in rs])
+        rows.append(row)
+        if "location_inaccuracy" in rs[0]:
+            extra = dict(row, task=f"{task}:location_inaccuracy", metric="location_inaccuracy")
+            extra["value"], extra["ci_low"], extra["ci_high"] = bootstrap_ci([r["location_inaccuracy"] for r in rs])
+            rows.append(extra)
+    rows.extend(_ruler_means(groups))
+    return rows
+
+
+def _ruler_means(groups: dict[tuple, list[dict]]) -> list[dict[str, Any]]:
+    """Per (method, budget, length): the unweighted mean of the RULER task scores, with a bootstrap CI
+    that resamples each task's samples."""
+    by: dict[tuple, dict[str, list[float]]] = defaultdict(dict)
+    for (method, budget, task), rs in groups.items():
+        if task.startswith("ruler:") and "@" in task:
+            name, length = task[len("ruler:"):].rsplit("@", 1)
+            by[(method, budget, length)][name] = [r["score"] for r in rs]
+    union: dict[str, set[str]] = defaultdict(set)  # every task run at a length, over all methods
+    for (_, _, length), tasks in by.items():
+        union[length] |= set(tasks)
+    rows = []
+    rng = np.random.default_rng(0)
+    for (method, budget, length), tasks in sorted(by.items()):
+        scores = [np.asarray(v) for v in tasks.values()]
+        boots = [np.mean([s[rng.integers(0, len(s), len(s))].mean() for s in scores]) for _ in range(1000)]
+        total = len(union[length])
+        label = "ruler mean" if total == RULER_TASK_COUNT else f"ruler mean ({total} of {RULER_TASK_COUNT} tasks)"
+        rs = [r for t in tasks for r in groups[(method, budget, f"ruler:{t}@{length}")]]
+        row = _base_row(method, budget, f"{label}@{length}", rs)
+        row.update(metric="ruler_mean", ruler_tasks=len(tasks), value=float(np.mean([s.mean() for s in scores])),
+                   ci_low=float(np.percentile(boots, 2.5)), ci_high=float(np.percentile(boots, 97.5)))
         rows.append(row)
     return rows
 
 
+def _fmt(value: float | None, metric: str) -> str:
+    if value is None:
+        return ""
+    return f"{value:.3f}" if metric == "perplexity" else f"{100 * value:.1f}"
+
+
+def cell(row: dict[str, Any]) -> str:
+    """'value [low, high] (n=N)' in the row's unit (perplexity, else %)."""
+    m = row["metric"]
+    only = f", over only {row['ruler_tasks']} tasks" if row.get("ruler_tasks") and row["ruler_tasks"] < int(
+        row["task"].split("(")[1].split()[0] if "(" in row["task"] else RULER_TASK_COUNT) else ""
+    return f"{_fmt(row['value'], m)} [{_fmt(row['ci_low'], m)}, {_fmt(row['ci_high'], m)}] (n={row['n']}{only})"
+
+
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    fields = ["method", "budget", "task", "metric", "value", "sparsity", "oracle_recall", "samples"]
     with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer = csv.DictWriter(handle, fieldnames=FIELDS)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: row.get(k, "") for k in fields})
+            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in FIELDS})
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """Tasks as columns, (method, budget) as rows."""
+    """Tasks as columns, (method, budget) as rows; every figure with its 95 % CI and n; then the measured
+    sparsity, kept tokens, paired perplexity differences and any deviation from the reference benchmark."""
     tasks = sorted({r["task"] for r in rows})
     cells: dict[tuple, dict[str, str]] = defaultdict(dict)
     for r in rows:
-        fmt = f"{r['value']:.3f}" if r["metric"] == "perplexity" else f"{100 * r['value']:.1f}"
-        cells[(r["method"], r["budget"])][r["task"]] = fmt
-    header = "| method | budget | " + " | ".join(tasks) + " |"
-    lines = [header, "|" + "---|" * (len(tasks) + 2)]
-    for (method, budget), values in sorted(cells.items(), key=lambda kv: (kv[0][0] != "dense", kv[0])):
-        lines.append(f"| {method} | {budget} | " + " | ".join(values.get(t, "") for t in tasks) + " |")
-    return "\n".join(lines) + "\n\n(perplexity: lower is better; other tasks: % correct)\n"
+        cells[(r["method"], r["budget"])][r["task"]] = cell(r)
+    order = sorted(cells, key=lambda k: (k[0] != "dense", k))
+    lines = ["| method | budget | " + " | ".join(tasks) + " |", "|" + "---|" * (len(tasks) + 2)]
+    lines += [f"| {m} | {b} | " + " | ".join(cells[(m, b)].get(t, "not run") for t in tasks) + " |" for m, b in order]
+    lines += ["", "(value [95 % CI] (n samples or windows); perplexity: lower is better; location_inaccuracy: % "
+              "wrong, lower is better; other tasks: % correct)", "",
+              "| method | budget | task | nominal sparsity | effective sparsity | kept tokens (mean per row) | "
+              "perplexity vs dense, paired [95 % CI] |", "|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["method"] != "dense", r["method"], r["budget"], r["task"])):
+        if r["metric"] in ("location_inaccuracy", "ruler_mean"):
+            continue
+        pct = lambda v: "" if v is None else f"{100 * v:.2f} %"  # noqa: E731
+        kept = "not measured" if r.get("kept_tokens_mean") is None else f"{r['kept_tokens_mean']:.1f}"
+        vs = "" if r.get("vs_dense") is None else (
+            f"{100 * r['vs_dense']:+.2f} % [{100 * r['vs_dense_ci_low']:+.2f}, {100 * r['vs_dense_ci_high']:+.2f}]")
+        lines.append(f"| {r['method']} | {r['budget']} | {r['task']} | {pct(r['nominal_sparsity'])} | "
+                     f"{pct(r['effective_sparsity'])} | {kept} | {vs} |")
+    deviations = sorted({d for r in rows for d in r["deviations"].split("; ") if d})
+    if deviations:
+        lines += ["", "**Deviations from the reference benchmark:**"] + [f"- {d}" for d in deviations]
+    return "\n".join(lines) + "\n"
 
 
 def plot(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """perplexity_vs_sparsity.png and scores_by_task.png (whichever have data)."""
+    """perplexity_vs_sparsity.png (relative to dense, CI bars) and scores_by_task.png (CI bars, 'not run'
+    hatched), whichever have data; one colour per method (eval/palette.py)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     written = []
-    ppl = [r for r in rows if r["metric"] == "perplexity"]
+    ppl = [r for r in rows if r["metric"] == "perplexity" and r.get("vs_dense") is not None]
     if ppl:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for task in sorted({r["task"] for r in ppl}):
-            dense = [r["value"] for r in ppl if r["task"] == task and r["method"] == "dense"]
-            for method in sorted({r["method"] for r in ppl if r["task"] == task and r["method"] != "dense"}):
-                pts = sorted((100 * r.get("sparsity", 0), r["value"]) for r in ppl if r["task"] == task and r["method"] == method)
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{method} ({task})")
-            if dense:
-                ax.axhline(dense[0], color="black", linestyle="--", label=f"dense ({task})")
-        ax.set_xlabel("effective sparsity (%)")
-        ax.set_xlim(0, 100)  # one fixed scale: a single budget is a column of points, not a zoom into 49.4-49.8 %
-        ax.set_ylabel("perplexity")
-        ax.set_yscale("log")
-        ax.set_title("Perplexity vs sparsity")
+            for method in sorted({r["method"] for r in ppl if r["task"] == task}):
+                pts = sorted((100 * (r["effective_sparsity"] or 0), 100 * r["vs_dense"], 100 * r["vs_dense_ci_low"],
+                              100 * r["vs_dense_ci_high"]) for r in ppl if r["task"] == task and r["method"] == method)
+                x, y = [p[0] for p in pts], [p[1] for p in pts]
+                err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
+                ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=color(method), label=f"{method} ({task})")
+        ax.axhline(0, color=color("dense"), linestyle="--", label="dense")
+        ax.set_xlabel("measured effective sparsity (%)")
+        ax.set_xlim(0, 100)
+        ax.set_ylabel("perplexity vs dense, paired per window (%)")
+        ax.set_title("Perplexity relative to dense (95 % CI over windows)")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
         fig.tight_layout()
@@ -86,19 +200,32 @@ def plot(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         fig.savefig(path, dpi=120)
         plt.close(fig)
         written.append(path)
-    scores = [r for r in rows if r["metric"] != "perplexity"]
+    scores = [r for r in rows if r["metric"] not in ("perplexity",)]
     if scores:
         tasks = sorted({r["task"] for r in scores})
         series = sorted({(r["method"], r["budget"]) for r in scores}, key=lambda s: (s[0] != "dense", s))
         fig, ax = plt.subplots(figsize=(max(7, 1.2 * len(tasks) + 3), 4.5))
         width = 0.8 / max(1, len(series))
+        labelled: set[str] = set()
         for i, (method, budget) in enumerate(series):
-            values = [next((100 * r["value"] for r in scores if r["task"] == t and r["method"] == method and r["budget"] == budget), 0) for t in tasks]
-            ax.bar([j + i * width for j in range(len(tasks))], values, width, label=f"{method} {budget}")
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(tasks))], tasks, rotation=30, ha="right")
-        ax.set_ylabel("score (%)")
+            for j, t in enumerate(tasks):
+                r = next((r for r in scores if r["task"] == t and r["method"] == method and r["budget"] == budget), None)
+                x = j + i * width
+                if r is None:  # not run: an empty hatched slot, never a zero bar
+                    ax.bar(x, 100, width, fill=False, hatch="//", edgecolor="#bbbbbb", linewidth=0)
+                    continue
+                v, label = 100 * r["value"], f"{method} {budget}"
+                ax.bar(x, v, width, color=color(method), yerr=[[v - 100 * r["ci_low"]], [100 * r["ci_high"] - v]],
+                       capsize=2, label=None if label in labelled else label)
+                labelled.add(label)
+        handles, labels = ax.get_legend_handles_labels()
+        handles.append(Patch(fill=False, hatch="//", edgecolor="#bbbbbb", label="not run"))
+        ticks = [t.removeprefix("ruler:").replace(" of 13 tasks", "/13") for t in tasks]
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(tasks))], ticks, rotation=30, ha="right")
+        ax.set_ylim(0, 105)
+        ax.set_ylabel("score (%), 95 % CI")
         ax.set_title("Accuracy by task and method")
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over them
+        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
         path = out_dir / "scores_by_task.png"
         fig.savefig(path, dpi=120)

@@ -1,4 +1,4 @@
-"""Append-only JSONL results with resume: a record is skipped when its key is already stored."""
+"""Append-only JSONL results with resume: a record is skipped when its key (settings hash included) is stored."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Any, Iterator
 
 from butler_jax.jsonl import append_record, drop_partial_tail, read_jsonl
 
-KEY_FIELDS = ("method", "budget", "task", "sample")
+# `settings`: hash of every setting that changes a result (see eval/provenance.settings_key)
+KEY_FIELDS = ("method", "budget", "task", "sample", "settings")
 
 
 class ResultStore:

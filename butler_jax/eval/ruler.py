@@ -11,19 +11,18 @@ task's `max_new_tokens` (RULER's convention; `reserve_generation=False` fits the
 from __future__ import annotations
 
 import random
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Protocol
 
 from tqdm import tqdm
 
-from butler_jax.eval.haystack import load_essay_words
+from butler_jax.eval.haystack import essay_deviations, load_essay_words
 from butler_jax.eval.ruler_cwe import CweBuilder
 from butler_jax.eval.ruler_fit import fit_size
 from butler_jax.eval.ruler_fwe import FweBuilder
 from butler_jax.eval.ruler_niah import NiahBuilder
-from butler_jax.eval.ruler_qa import QaBuilder, QaDataUnavailable, load_qa
+from butler_jax.eval.ruler_qa import QaBuilder, load_qa
 from butler_jax.eval.ruler_tasks import ALL_TASKS, Prompt, TaskConfig, task_config
 from butler_jax.eval.ruler_vt import VtBuilder
 from butler_jax.eval.scoring import METRICS
@@ -52,18 +51,21 @@ class RulerSample:
     answers: list[str]
     max_new_tokens: int
     token_length: int
+    deviations: tuple[str, ...] = ()  # how this sample differs from NVIDIA RULER's construction
 
 
 def make_builder(cfg: TaskConfig, length: int, essay_path: str | Path | None = None,
-                 qa_sources: Mapping[str, str | Path] | None = None) -> Builder:
-    """The builder of one task (loads its essay or qa data)."""
+                 qa_sources: Mapping[str, str | Path] | None = None,
+                 count: Callable[[str], int] = len) -> Builder:
+    """The builder of one task (loads its essay or qa data); `count` gives a text's token count (vt's example)."""
     if cfg.kind == "niah":
         if cfg.haystack == "essay" and essay_path is None:
-            raise FileNotFoundError(f"{cfg.name} uses the essay haystack: pass essay_path, a folder of .txt essays "
-                             "(e.g. the Paul Graham essays, or PG-19 books as a public-domain substitute)")
+            raise FileNotFoundError(f"{cfg.name} uses the essay haystack: pass essay_path, RULER's PaulGrahamEssays.json "
+                                    "or its folder (e.g. shared/data/paul-graham-essays); a folder of .txt books "
+                                    "is a fallback named as a deviation")
         return NiahBuilder(cfg, load_essay_words(essay_path) if cfg.haystack == "essay" else None)
     if cfg.kind == "vt":
-        return VtBuilder(cfg)
+        return VtBuilder(cfg, count)
     if cfg.kind == "cwe":
         return CweBuilder(cfg, length)
     if cfg.kind == "fwe":
@@ -77,35 +79,29 @@ def generate_task(task: str, tokenizer: Tokenizer, length: int, num_samples: int
                   progress: bool = True) -> list[RulerSample]:
     """`num_samples` samples of `task`, each fitted to `length` tokens of `tokenizer`."""
     cfg = task_config(task)
-    builder = make_builder(cfg, length, essay_path, qa_sources)
+    builder = make_builder(cfg, length, essay_path, qa_sources, lambda text: len(tokenizer.encode(text)))
     budget = length - cfg.max_new_tokens if reserve_generation else length
     wrap = chat_template or (lambda text: text)
+    deviations = essay_deviations(essay_path) if cfg.haystack == "essay" and cfg.kind == "niah" else ()
     samples, guess = [], None
     for index in tqdm(range(num_samples), desc=f"{task} @ {length}", disable=not progress, leave=False):
         def render(size: int) -> tuple[str, list[str]]:
             prompt = builder.build(index, size, random.Random(f"{seed}/{task}/{index}"))
-            return wrap(prompt.body) + prompt.answer_prefix, prompt.answers
+            return prompt.render(wrap), prompt.answers
 
         guess = fit_size(lambda size: len(tokenizer.encode(render(size)[0])), budget, builder.min_size,
                          builder.max_size, guess, name=f"{task} @ {length}")
         text, answers = render(guess)
-        samples.append(RulerSample(task, index, text, answers, cfg.max_new_tokens, len(tokenizer.encode(text))))
+        samples.append(RulerSample(task, index, text, answers, cfg.max_new_tokens, len(tokenizer.encode(text)),
+                                   deviations))
     return samples
 
 
-def generate_ruler(tokenizer: Tokenizer, length: int, num_samples: int, tasks: Iterable[str] = ALL_TASKS, *,
-                   skip_unavailable: bool = False, **kwargs) -> dict[str, list[RulerSample]]:
-    """Samples of several tasks; with `skip_unavailable`, tasks whose data is missing (qa files, essays)
-    are left out with a warning instead of raising."""
-    out: dict[str, list[RulerSample]] = {}
-    for task in tasks:
-        try:
-            out[task] = generate_task(task, tokenizer, length, num_samples, **kwargs)
-        except (QaDataUnavailable, FileNotFoundError) as exc:
-            if not skip_unavailable:
-                raise
-            warnings.warn(f"skipping RULER task {task}: {exc}", stacklevel=2)
-    return out
+def generate_ruler(tokenizer: Tokenizer, length: int, num_samples: int, tasks: Iterable[str] = ALL_TASKS,
+                   **kwargs) -> dict[str, list[RulerSample]]:
+    """Samples of several tasks. A task whose data is missing (qa file, essays) is an error: list only
+    the tasks to run (a mean over fewer than 13 tasks is then named as such)."""
+    return {task: generate_task(task, tokenizer, length, num_samples, **kwargs) for task in tasks}
 
 
 def score_prediction(task: str, prediction: str, answers: list[str]) -> float:

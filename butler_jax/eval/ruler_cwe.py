@@ -34,7 +34,8 @@ class CweBuilder:
                              "use a shorter context length")
         words = rng.sample(self.pool, size + self.example_words)
         example, words = words[:self.example_words], words[self.example_words:]
-        shot = (CWE_TEMPLATE.format(context=self._listing(example, self.example_reps, rng)) + CWE_PREFIX
-                + " " + ", ".join(example[:NUM_COMMON]) + "\n\n")
+        # RULER's few-shot: a full templated turn whose answer is numbered "1. w 2. w ..."
+        shot = (CWE_TEMPLATE.format(context=self._listing(example, self.example_reps, rng)),
+                " ".join(f"{i}. {w}" for i, w in enumerate(example[:NUM_COMMON], 1)))
         body = CWE_TEMPLATE.format(context=self._listing(words, (self.common_reps, self.rare_reps), rng))
-        return Prompt(shot + body, CWE_PREFIX, words[:NUM_COMMON])
+        return Prompt(body, CWE_PREFIX, words[:NUM_COMMON], shots=(shot,))

@@ -36,7 +36,7 @@ class NiahBuilder:
         kind = cfg.value_type[:-1] if one else cfg.value_type
         keys = distinct(rng, cfg.key_type, cfg.num_keys)
         values = [distinct(rng, cfg.value_type, cfg.num_values) for _ in keys]
-        needles = [NEEDLE.format(type=kind, key=k, value=v) for k, vs in zip(keys, values) for v in vs]
+        needles = [NEEDLE.format(type=cfg.value_type, key=k, value=v) for k, vs in zip(keys, values) for v in vs]
         rng.shuffle(needles)
         queried = rng.sample(range(len(keys)), cfg.num_queries)
         query = join_list([keys[i] for i in queried])
@@ -50,7 +50,7 @@ class NiahBuilder:
             per_line = SENTENCES_PER_LINE["uuids" if "uuids" in (cfg.key_type, cfg.value_type) else "numbers"]
             num_lines, num_filler = divmod(size, per_line)
             fake_keys = distinct(distractor_rng, cfg.key_type, num_lines, exclude=set(keys))
-            lines = [NEEDLE.format(type=kind, key=k, value=distinct(distractor_rng, cfg.value_type, 1)[0])
+            lines = [NEEDLE.format(type=cfg.value_type, key=k, value=distinct(distractor_rng, cfg.value_type, 1)[0])
                      for k in fake_keys]
             context = "\n".join(noise_lines(num_filler) + insert_at_random(lines, needles, rng))
 

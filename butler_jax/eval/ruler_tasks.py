@@ -12,13 +12,13 @@ NIAH_TEMPLATE_ONE = ("A special magic {type} is hidden within the following text
                      "I will quiz you about the {type} afterwards.\n{context}\n"
                      "What is the special magic {type} for {query} mentioned in the provided text?")
 NIAH_PREFIX_ONE = " The special magic {type} for {query} mentioned in the provided text is"
+# the needle always names the plural type ("numbers"); only the question is made singular (as RULER)
 NEEDLE = "One of the special magic {type} for {key} is: {value}."
 
 VT_TEMPLATE = ("Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n"
                "{context}\nQuestion: Find all variables that are assigned the value {query} in the text above.")
-# "assgined" is RULER's spelling, kept so prompts match the benchmark
 VT_PREFIX = (" Answer: According to the chain(s) of variable assignment in the text above, {num_v} variables "
-             "are assgined the value {query}, they are: ")
+             "are assigned the value {query}, they are: ")
 
 CWE_TEMPLATE = ("Below is a numbered list of words. In these words, some appear more often than others. "
                 "Memorize the ones that appear most often.\n{context}\n"
@@ -86,11 +86,20 @@ def task_config(name: str) -> TaskConfig:
 
 @dataclass(frozen=True)
 class Prompt:
-    """A built task before the chat template: the user text, the answer prefix and the gold answers."""
+    """A built task before the chat template: the user text, the answer prefix and the gold answers.
+
+    `shots`: few-shot examples as (user text, completion), each rendered as a full templated turn
+    (chat template, answer prefix, " " + completion, newline) before the task (RULER's cwe)."""
 
     body: str
     answer_prefix: str
     answers: list[str]
+    shots: tuple[tuple[str, str], ...] = ()
+
+    def render(self, wrap) -> str:
+        """The prompt text: every shot turn, then `wrap(body)` and the answer prefix."""
+        turns = "".join(f"{wrap(b)}{self.answer_prefix} {c}\n" for b, c in self.shots)
+        return turns + wrap(self.body) + self.answer_prefix
 
 
 def join_list(items: list[str]) -> str:

@@ -55,5 +55,6 @@ def evaluate_ruler(model, params, tokenizer, stop_tokens, policy, policy_params,
         s = item.payload
         prediction = tokenizer.decode(tokens[: s.max_new_tokens], skip_special_tokens=True)
         records.append({"metric": "ruler", "score": score_prediction(s.task, prediction, s.answers),
-                        "prediction": prediction, "answers": s.answers, "input_tokens": len(prompt)})
+                        "prediction": prediction, "answers": s.answers, "input_tokens": len(prompt),
+                        "deviations": list(getattr(s, "deviations", ()))})
     return records

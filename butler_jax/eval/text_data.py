@@ -1,108 +1,27 @@
-"""Local text for perplexity: wikitext-2 raw (shipped), PG-19 books, text/JSONL/parquet files, `datasets`;
-and fixed-shape evaluation windows with loss masks.
+"""Evaluation text and fixed-shape evaluation windows with loss masks.
 
-Sources accepted by `load_documents`:
-  "wikitext2" / "wikitext2:test" / "wikitext2:valid"  the copy shipped in butler_jax/eval/data
-  "pg19:<folder>"                                       Project Gutenberg books, headers/footers removed
-  "hf:<name>[:<config>[:<split>]]"                      through `datasets` (needs the package and the hub)
-  a .txt file, a .jsonl file (field "text"), a .parquet file (column "text", needs pyarrow),
-  or a folder of .txt files (one document each, sorted by path)
+Documents come from butler_jax/text_source.py (the one source syntax shared with training);
+`load_documents` reads a whole source (hub sources default to the `test` split).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from butler_jax.eval.haystack import strip_gutenberg
-
-DATA_DIR = Path(__file__).resolve().parent / "data"
-WIKITEXT2_SPLITS = {"test": "wiki.test.raw", "valid": "wiki.valid.raw"}
+from butler_jax.text_source import DATA_DIR, read_documents, wikitext2  # noqa: F401  (DATA_DIR, wikitext2 re-exported)
 
 
 class Tokenizer(Protocol):
     def encode(self, text: str) -> list[int]: ...
 
 
-def wikitext2(split: str = "test") -> str:
-    """The raw text of the shipped WikiText-2 raw split ("test" or "valid")."""
-    if split not in WIKITEXT2_SPLITS:
-        raise ValueError(f"wikitext2 split {split!r} is not shipped; choose one of {', '.join(WIKITEXT2_SPLITS)}")
-    return (DATA_DIR / "wikitext-2-raw" / WIKITEXT2_SPLITS[split]).read_text(encoding="utf-8")
-
-
-def _text_files(folder: Path) -> list[Path]:
-    files = sorted(folder.rglob("*.txt"))
-    if not files:
-        raise FileNotFoundError(f"folder {folder} holds no .txt files; pass a folder of .txt documents")
-    return files
-
-
-def pg19_books(folder: str | Path) -> list[str]:
-    """Every .txt book in `folder` (sorted), with the Project Gutenberg header and footer removed."""
-    return [strip_gutenberg(f.read_text(encoding="utf-8", errors="replace")) for f in _text_files(Path(folder))]
-
-
-def _jsonl(path: Path) -> list[str]:
-    docs = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            row = json.loads(line)
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                raise ValueError(f"{path} line {n}: every JSONL row needs a string field 'text'")
-            docs.append(row["text"])
-    return docs
-
-
-def _parquet(path: Path) -> list[str]:
-    if importlib.util.find_spec("pyarrow") is None:
-        raise ModuleNotFoundError(f"reading {path} needs pyarrow: pip install pyarrow (or convert it to JSONL)")
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path, columns=["text"])
-    return [t for t in table.column("text").to_pylist() if t]
-
-
-def _hub(spec: str) -> list[str]:
-    name, config, split = (spec.split(":") + [None, None])[:3]
-    fix = "pass a local file or folder instead (see butler_jax.eval.text_data)"
-    if importlib.util.find_spec("datasets") is None:
-        raise ModuleNotFoundError(f"hf:{spec} needs the `datasets` package (pip install datasets) and hub access; "
-                                  f"or {fix}")
-    import datasets
-
-    try:
-        rows = datasets.load_dataset(name, config or None, split=split or "test")
-    except Exception as exc:  # offline hub, unknown name or split
-        raise FileNotFoundError(f"could not load hf:{spec} ({type(exc).__name__}: {exc}); {fix}") from exc
-    return [t for t in rows["text"] if t]
-
-
-def load_documents(source: str | Path) -> list[str]:
-    """The documents of `source` (see the module docstring for the accepted forms)."""
-    spec = str(source)
-    if spec == "wikitext2" or spec.startswith("wikitext2:"):
-        return [wikitext2(spec.partition(":")[2] or "test")]
-    if spec.startswith("pg19:"):
-        return pg19_books(spec[len("pg19:"):])
-    if spec.startswith("hf:"):
-        return _hub(spec[len("hf:"):])
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return [f.read_text(encoding="utf-8", errors="replace") for f in _text_files(path)]
-    if not path.is_file():
-        raise FileNotFoundError(f"text source {spec!r} is neither a file, a folder, 'wikitext2[:split]', "
-                                "'pg19:<folder>' nor 'hf:<name>[:config[:split]]'")
-    if path.suffix == ".jsonl":
-        return _jsonl(path)
-    if path.suffix == ".parquet":
-        return _parquet(path)
-    return [path.read_text(encoding="utf-8", errors="replace")]
+def load_documents(source: str | Path, text_field: str = "text") -> list[str]:
+    """Every document of `source` (see butler_jax/text_source.py for the accepted forms)."""
+    return [d for d in read_documents(source, text_field, hf_split="test") if d]
 
 
 @dataclass(frozen=True)

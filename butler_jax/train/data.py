@@ -9,110 +9,20 @@ function of the step number: resuming at step s reads exactly what an uninterrup
 from __future__ import annotations
 
 import hashlib
-import json
-import re
-from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from butler_jax import text_source
 from butler_jax.config import ConfigError, ModelConfig
-from butler_jax.errors import InputError
-from butler_jax.train.config import DataConfig, resolve_path
-
-TEXT_SUFFIXES = (".txt", ".raw", ".md")
-_GUTENBERG_START = re.compile(r"\*\*\*\s*START OF.*?\*\*\*", re.S)
-_GUTENBERG_END = re.compile(r"\*\*\*\s*END OF")
-
-
-def strip_gutenberg(text: str) -> str:
-    """Text between Project Gutenberg's START / END markers (unchanged when there are none)."""
-    start = _GUTENBERG_START.search(text)
-    if start is None:
-        return text
-    end = _GUTENBERG_END.search(text, start.end())
-    return text[start.end(): end.start() if end else len(text)].strip()
-
-
-def _read_text_file(path: Path) -> str:
-    try:
-        text = path.read_text(encoding="utf-8-sig").replace("\r\n", "\n")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})",
-                         fix="convert it to UTF-8 or drop it from data.sources") from None
-    return strip_gutenberg(text)
-
-
-def _read_jsonl(path: Path, field: str) -> Iterator[str]:
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{n} is not a JSON record ({exc.msg})", fix="fix or delete that line") from None
-            if field not in record:
-                raise ConfigError(f"{path}:{n} has no field {field!r}; set data.text_field (keys: {sorted(record)})")
-            yield str(record[field])
-
-
-def _read_parquet(path: Path, field: str) -> Iterator[str]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise ConfigError(f"reading {path} needs pyarrow; run `pip install pyarrow`") from None
-    table = pq.read_table(path)
-    if field not in table.column_names:
-        raise ConfigError(f"{path} has no column {field!r}; set data.text_field (columns: {table.column_names})")
-    yield from (str(t) for t in table.column(field).to_pylist())
-
-
-def _read_file(path: Path, field: str) -> Iterator[str]:
-    if path.suffix == ".jsonl":
-        yield from _read_jsonl(path, field)
-    elif path.suffix == ".parquet":
-        yield from _read_parquet(path, field)
-    elif path.suffix in TEXT_SUFFIXES:
-        yield _read_text_file(path)
-    else:
-        raise ConfigError(f"data source {path} has an unsupported suffix; use one of "
-                          f"{list(TEXT_SUFFIXES) + ['.jsonl', '.parquet']}")
-
-
-def _read_hf(spec: str, cfg: DataConfig) -> Iterator[str]:
-    name, _, subset = spec.partition(":")
-    try:
-        import datasets
-    except ImportError:
-        raise ConfigError(f"data source hf:{spec} needs the `datasets` package (pip install datasets), "
-                          "or give local text / JSONL / parquet files") from None
-    try:
-        ds = datasets.load_dataset(name, subset or None, split=cfg.hf_split, streaming=True)
-        for row in ds:
-            yield str(row[cfg.text_field])
-    except Exception as exc:  # hub unreachable, unknown name, missing column
-        raise ConfigError(f"could not read Hugging Face dataset {spec!r} split {cfg.hf_split!r} "
-                          f"({type(exc).__name__}: {exc}); without the hub use local files") from exc
+from butler_jax.text_source import strip_gutenberg  # noqa: F401  (re-exported: one Gutenberg rule)
+from butler_jax.train.config import REPO_ROOT, DataConfig
 
 
 def read_documents(source: str, cfg: DataConfig) -> Iterator[str]:
-    """Documents of one source: a file, a folder (its files, sorted) or `hf:<name>[:<config>]`."""
-    if source.startswith("hf:"):
-        docs = _read_hf(source[3:], cfg)
-    else:
-        path = resolve_path(source)
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
-                           and p.suffix in TEXT_SUFFIXES + (".jsonl", ".parquet") and p.name != "README.md")
-            if not files:
-                raise ConfigError(f"data source folder {path} holds no .txt/.raw/.jsonl/.parquet files")
-            docs = (d for f in files for d in _read_file(f, cfg.text_field))
-        elif path.is_file():
-            docs = _read_file(path, cfg.text_field)
-        else:
-            raise ConfigError(f"data source {source!r} does not exist (looked at {path}); "
-                              "give a file, a folder or hf:<dataset name>")
+    """Documents of one source in the shared syntax of butler_jax/text_source.py (a file, a folder, a
+    shipped split or `hf:<name>[:<config>[:<split>]]`), at most `cfg.max_documents` of them."""
+    docs = text_source.read_documents(source, cfg.text_field, cfg.hf_split, root=REPO_ROOT)
     for n, doc in enumerate(docs):
         if cfg.max_documents is not None and n >= cfg.max_documents:
             return
