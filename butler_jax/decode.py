@@ -56,7 +56,8 @@ def prefill(model: LlamaForCausalLM, params, tokens, lengths, cache: KVCache, po
         cache, state = carry
         cache = cache.replace_layer(layer, write_block(cache.k[layer], x.k), write_block(cache.v[layer], x.v))
         out = jnp.concatenate([
-            causal_attention(x.q[:, s:s + PREFILL_CHUNK], x.k, x.v, x.positions[:, s:s + PREFILL_CHUNK], x.positions, k_lengths=lengths)
+            causal_attention(x.q[:, s:s + PREFILL_CHUNK], x.k, x.v, x.positions[:, s:s + PREFILL_CHUNK], x.positions,
+                             k_lengths=lengths, window=x.window)
             for s in range(0, x.q.shape[1], PREFILL_CHUNK)
         ], axis=1)
         state = policy.observe_prefill(layer, x, cache, lengths, state)
@@ -164,6 +165,7 @@ def generate(
     tokens, lengths = pad_prompts(prompts, multiple=prompt_width or PAD_MULTIPLE)
     capacity = capacity or tokens.shape[1] + max_new_tokens
     check_capacity(capacity, int(lengths.max()), max_new_tokens)
+    model.cfg.check_context(int(lengths.max()) + max_new_tokens, "generate", cached=True)
     capacity = max(capacity, tokens.shape[1])
     out, count = _generate(
         model, params, jnp.asarray(tokens), jnp.asarray(lengths), jax.random.PRNGKey(seed),

@@ -26,6 +26,7 @@ def simulation_attend(policy):
 @partial(jax.jit, static_argnames=("model", "policy"))
 def simulated_window_nll(model: LlamaForCausalLM, params, tokens: jnp.ndarray, policy):
     """(summed NLL, count, per-layer LayerStats) of next-token prediction on windows tokens [B, T]."""
+    model.cfg.check_context(tokens.shape[1], "decode simulation", cached=False)
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     carry = (policy.init_simulation(tokens.shape[0], tokens.shape[1]), ())
     logits, (_, stats) = model.apply({"params": params}, tokens, positions, simulation_attend(policy), carry)
@@ -36,6 +37,7 @@ def simulated_window_nll(model: LlamaForCausalLM, params, tokens: jnp.ndarray, p
 
 def simulated_logits(model: LlamaForCausalLM, params, tokens: jnp.ndarray, policy) -> tuple[jnp.ndarray, tuple[LayerStats, ...]]:
     """Logits [B, T, V] of a decode-simulated pass, and per-layer statistics."""
+    model.cfg.check_context(tokens.shape[1], "decode simulation", cached=False)
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     carry = (policy.init_simulation(tokens.shape[0], tokens.shape[1]), ())
     logits, (_, stats) = model.apply({"params": params}, tokens, positions, simulation_attend(policy), carry)
