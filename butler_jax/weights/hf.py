@@ -260,6 +260,7 @@ def config_to_hf(cfg: ModelConfig, torch_dtype: str = "float32") -> dict:
         "tie_word_embeddings": cfg.tie_word_embeddings,
         "bos_token_id": cfg.bos_token_id,
         "eos_token_id": cfg.eos_token_id,
+        "pad_token_id": None,
         "hidden_act": cfg.hidden_act,
         "torch_dtype": torch_dtype,
     }
@@ -274,6 +275,7 @@ def config_to_hf(cfg: ModelConfig, torch_dtype: str = "float32") -> dict:
                    max_window_layers=cfg.sliding_window_from_layer if cfg.sliding_window is not None
                    else cfg.num_hidden_layers)
     if cfg.family == "phi3":
+        out["partial_rotary_factor"] = cfg.partial_rotary_factor  # transformers 5 reads it beside rope_scaling
         out["original_max_position_embeddings"] = cfg.rope_scaling.original_max_position_embeddings \
             if cfg.rope_scaling.rope_type == "longrope" else cfg.max_position_embeddings
     return out

@@ -1,0 +1,250 @@
+"""Every supported family (Llama, Mistral, Qwen2/2.5, Qwen3, Phi-3) against transformers on tiny random
+models: logits (fp32, <= 1e-4), greedy generation of 32 tokens, config.json both ways, the jax -> HF -> jax
+round trip bit-exact through convert_torch.py, refusals of config fields that would change the math,
+and TokenButler / Quest decode == simulation and predictor training on each family."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import convert_torch
+from butler_jax.config import ConfigError, ModelConfig, RopeScaling
+from butler_jax.models.llama import LlamaForCausalLM, init_params
+from butler_jax.weights.errors import CheckpointError
+from butler_jax.weights.flax_checkpoint import flatten, unflatten
+from butler_jax.weights.hf import config_from_hf, config_to_hf, save_hf_directory
+from butler_jax.weights.model_checkpoint import load_jax_model, save_jax_model
+from butler_jax.weights.names import flax_path, hf_name, hf_param_shapes, hf_state_dict_to_params, params_to_hf_state_dict
+from butler_jax.weights.tensors import torch_to_numpy
+from tests.hf_reference import hf_config, hf_logits, hf_model_class, hf_model_from_state
+
+BASE = ModelConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6, tie_word_embeddings=False,
+                   bos_token_id=1, eos_token_id=2)
+_R = dataclasses.replace
+_LONG = RopeScaling("longrope", short_factor=(1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0),
+                    long_factor=(1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 16.0, 24.0), original_max_position_embeddings=32)
+CASES = {
+    "llama-gelu-biases": _R(BASE, hidden_act="gelu", qkv_bias=True, o_bias=True, mlp_bias=True),
+    "mistral-window16": _R(BASE, family="mistral", sliding_window=16),
+    "mistral-mqa-headdim-tied": _R(BASE, family="mistral", num_key_value_heads=1, head_dim=32, tie_word_embeddings=True,
+                                   sliding_window=4096),
+    "qwen2-tied": _R(BASE, family="qwen2", qkv_bias=True, tie_word_embeddings=True, rope_theta=1e6),
+    "qwen2-mha-linear": _R(BASE, family="qwen2", qkv_bias=True, num_key_value_heads=4,
+                           rope_scaling=RopeScaling("linear", factor=4.0)),
+    "qwen3-headdim-tied": _R(BASE, family="qwen3", qk_norm=True, head_dim=32, tie_word_embeddings=True),
+    "qwen3-bias-llama3-window": _R(BASE, family="qwen3", qk_norm=True, qkv_bias=True, o_bias=True, num_hidden_layers=3,
+                                   num_attention_heads=8, rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0, 64),
+                                   sliding_window=12, sliding_window_from_layer=1),
+    "phi3": _R(BASE, family="phi3", rms_norm_eps=1e-5),
+    "phi3-longrope-partial-window": _R(BASE, family="phi3", partial_rotary_factor=0.5, sliding_window=20,
+                                       rope_scaling=_R(_LONG, short_factor=_LONG.short_factor[:4],
+                                                       long_factor=_LONG.long_factor[:4])),
+    "phi3-longrope": _R(BASE, family="phi3", num_key_value_heads=1, rope_scaling=_LONG),
+}
+
+
+def _explicit(cfg: ModelConfig) -> ModelConfig:
+    """`cfg` with head_dim written out (config.json always carries it)."""
+    return _R(cfg, head_dim=cfg.resolved_head_dim, source="random")
+
+
+def _random_hf_state(cfg: ModelConfig, seed: int) -> dict[str, np.ndarray]:
+    """transformers' own init (wider), then random norm weights and biases so every tensor matters."""
+    torch.manual_seed(seed)
+    model = hf_model_class(cfg)(hf_config(cfg, initializer_range=0.1))
+    state = {k: torch_to_numpy(v) for k, v in model.state_dict().items()}
+    if cfg.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    rng = np.random.default_rng(seed)
+    for name in state:
+        if name.endswith("norm.weight"):
+            state[name] = rng.uniform(0.5, 1.5, state[name].shape).astype(np.float32)
+        elif name.endswith(".bias"):
+            state[name] = rng.normal(0, 0.1, state[name].shape).astype(np.float32)
+    return state
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def case(request):
+    """(name, cfg, HF state, our params, the HF model) per case."""
+    cfg = CASES[request.param]
+    state = _random_hf_state(cfg, seed=len(request.param))
+    return request.param, cfg, state, hf_state_dict_to_params(state, cfg), hf_model_from_state(cfg, state)
+
+
+def test_logits_match_transformers(case) -> None:
+    name, cfg, _, params, hf = case
+    tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 64))
+    for t in (64, 24):  # longrope: long factors past original_max_position_embeddings=32, short ones below
+        expected = hf_logits(hf, tokens[:, :t])
+        ours, _ = LlamaForCausalLM(cfg).apply({"params": params}, jnp.asarray(tokens[:, :t]),
+                                               jnp.broadcast_to(jnp.arange(t), (2, t)))
+        assert np.abs(np.asarray(ours) - expected).max() <= 1e-4, (name, t)
+
+
+def test_greedy_generation_equals_transformers_generate(case, tmp_path) -> None:
+    """32 greedy tokens of our decode loop == transformers' generate on the exported directory."""
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    from butler_jax.decode import generate
+
+    name, cfg, _, params, _ = case
+    if cfg.sliding_window is not None and cfg.sliding_window < 40 or cfg.rope_scaling.rope_type == "longrope":
+        cfg = _R(cfg, sliding_window=None if cfg.sliding_window is None else 64,
+                 rope_scaling=_R(cfg.rope_scaling, original_max_position_embeddings=64))  # decode-path limits
+    save_hf_directory(params, cfg, tmp_path / "hf")
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32).eval()
+    prompt = list(np.random.default_rng(1).integers(3, cfg.vocab_size, 8))
+    ours = generate(LlamaForCausalLM(cfg), params, [prompt], 32).rows()[0]
+    greedy = GenerationConfig(max_new_tokens=32, do_sample=False, eos_token_id=None, pad_token_id=0)
+    with torch.no_grad():
+        theirs = model.generate(torch.tensor([prompt]), generation_config=greedy)[0, len(prompt):].tolist()
+    assert len(ours) == 32 and ours == theirs, name
+
+
+def test_config_json_both_ways(case) -> None:
+    """transformers' own serialisation of our config.json (all its defaults) reads back to the same config."""
+    name, cfg, *_ = case
+    assert config_from_hf(hf_config(cfg).to_dict()) == _explicit(cfg), name
+    assert config_from_hf(config_to_hf(cfg)) == _explicit(cfg), name
+
+
+def test_name_rules_are_a_bijection(case) -> None:
+    """HF names -> Flax paths -> HF names, and the paths are exactly the model's parameter tree."""
+    _, cfg, state, params, _ = case
+    names = hf_param_shapes(cfg)
+    assert {hf_name(flax_path(n)[0]) for n in names} == set(names)
+    model_paths = set(flatten(jax.eval_shape(lambda: init_params(cfg))))
+    assert {"/".join(flax_path(n)[0]) for n in names} == model_paths
+    back = params_to_hf_state_dict(params, cfg)
+    assert sorted(back) == sorted(k for k in state if not k.endswith("inv_freq"))
+    assert all(np.array_equal(back[k], state[k]) for k in back)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_jax_to_hf_to_jax_bit_exact(tmp_path, dtype) -> None:
+    import ml_dtypes
+
+    np_dtype = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}[dtype]
+    for name, cfg in CASES.items():
+        cfg = _R(cfg, dtype=dtype)
+        rng = np.random.default_rng(0)
+        flat = {k: rng.standard_normal(np.shape(v)).astype(np_dtype) for k, v in flatten(init_params(cfg)).items()}
+        save_jax_model(unflatten(flat), cfg, tmp_path / name / "jax")
+        assert convert_torch.main(["jax-to-hf", str(tmp_path / name / "jax"), str(tmp_path / name / "hf")]) == 0
+        assert convert_torch.main(["llama-to-jax", str(tmp_path / name / "hf"), str(tmp_path / name / "again")]) == 0
+        back_cfg, params = load_jax_model(tmp_path / name / "again")
+        back = flatten(params)
+        assert _explicit(back_cfg) == _explicit(cfg), name
+        assert sorted(back) == sorted(flat), name
+        for key, value in flat.items():
+            assert back[key].dtype == value.dtype and np.array_equal(back[key].view(np.uint8), value.view(np.uint8))
+
+
+_GOOD = config_to_hf(CASES["qwen2-tied"])
+REFUSED = {  # config.json edits -> a phrase the error must hold (it names the field and value)
+    "unknown family": ({"model_type": "gemma2", "architectures": ["Gemma2ForCausalLM"]}, "'gemma2'.*qwen3 \\(Qwen3ForCausalLM\\)"),
+    "architecture mismatch": ({"architectures": ["LlamaForCausalLM"]}, "model_type 'qwen2', architectures \\['LlamaForCausalLM'\\]"),
+    "activation": ({"hidden_act": "relu"}, "hidden_act='relu'"),
+    "unknown field": ({"final_logit_softcapping": 30.0}, "final_logit_softcapping=30.0"),
+    "rope type": ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e6}}, "rope_type='yarn'"),
+    "rope key unused": ({"rope_parameters": {"rope_type": "linear", "factor": 2.0, "beta_fast": 8, "rope_theta": 1e6}},
+                        "rope_scaling.beta_fast=8"),
+    "partial rotary off phi3": ({"partial_rotary_factor": 0.5}, "partial_rotary_factor=0.5"),
+    "bias transformers would drop": ({"attention_bias": True}, "attention_bias=True"),
+    "layer pattern": ({"use_sliding_window": True, "sliding_window": 8,
+                       "layer_types": ["sliding_attention", "full_attention"]}, "layer_types="),
+    "quantised": ({"quantization_config": {"quant_method": "gptq"}}, "quantization_config="),
+}
+
+
+@pytest.mark.parametrize("what", list(REFUSED))
+def test_math_fields_are_used_or_refused(what) -> None:
+    edit, message = REFUSED[what]
+    with pytest.raises(CheckpointError, match=message):
+        config_from_hf({**_GOOD, **edit})
+
+
+def test_llama_gelu_is_implemented_not_ignored() -> None:
+    hf = {**config_to_hf(BASE), "hidden_act": "gelu"}
+    assert config_from_hf(hf).hidden_act == "gelu"  # and test_logits_match_transformers runs it against HF
+
+
+def test_decode_paths_refuse_contexts_they_cannot_compute() -> None:
+    from butler_jax.decode import generate
+
+    cfg = CASES["mistral-window16"]
+    with pytest.raises(ConfigError, match="longer than model.sliding_window=16"):
+        generate(LlamaForCausalLM(cfg), init_params(cfg), [[1, 2, 3]], 20)
+    cfg = CASES["phi3-longrope"]
+    with pytest.raises(ConfigError, match="original_max_position_embeddings=32"):
+        generate(LlamaForCausalLM(cfg), init_params(cfg), [[1, 2, 3]], 40)
+
+
+TINY_FAMILIES = {  # one tiny model per family for the policy and training checks (decode limits respected)
+    "llama": _R(BASE, num_hidden_layers=3),
+    "mistral": _R(BASE, family="mistral", num_hidden_layers=3, sliding_window=64),
+    "qwen2": _R(BASE, family="qwen2", qkv_bias=True, num_hidden_layers=3, tie_word_embeddings=True),
+    "qwen3": _R(BASE, family="qwen3", qk_norm=True, head_dim=32, num_hidden_layers=3),
+    "phi3": _R(BASE, family="phi3", num_hidden_layers=3, partial_rotary_factor=0.5,
+               rope_scaling=_R(_LONG, short_factor=_LONG.short_factor[:4], long_factor=_LONG.long_factor[:4],
+                               original_max_position_embeddings=64)),
+}
+
+
+def _random_biases_and_norms(params: dict, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    flat = {k: (rng.normal(0, 0.1, np.shape(v)) if k.endswith("bias") else
+                rng.uniform(0.5, 1.5, np.shape(v)) if k.endswith("weight") else np.asarray(v)).astype(np.float32)
+            for k, v in flatten(params).items()}
+    return unflatten(flat)
+
+
+@pytest.mark.parametrize("family", list(TINY_FAMILIES))
+def test_tokenbutler_and_quest_decode_equal_simulation(family) -> None:
+    from butler_jax.config import PredictorConfig
+    from butler_jax.models.predictor import PaperPredictor, init_predictor
+    from butler_jax.sparsity import SparsityConfig, make_policy
+    from butler_jax.sparsity.simulate import simulated_logits
+    from tests.test_policies import teacher_forced_decode_logits
+
+    cfg = TINY_FAMILIES[family]
+    model, params = LlamaForCausalLM(cfg), _random_biases_and_norms(init_params(cfg, seed=1), 1)
+    tokens = np.random.default_rng(5).integers(0, cfg.vocab_size, (1, 40))
+    pcfg = PredictorConfig(dDash=8, intdim=32, attn_reduce_factor=2)
+    predictor = (PaperPredictor(pcfg, cfg), init_predictor(pcfg, cfg, seed=7))
+    dense, _ = model.apply({"params": params}, jnp.asarray(tokens), jnp.arange(40)[None])
+    for method in ("tokenbutler", "quest"):
+        policy = make_policy(SparsityConfig(method=method, budget="fixed_50pc", n_sink=2, n_window=3, page_size=4),
+                             cfg, predictor)
+        sim, _ = simulated_logits(model, params, jnp.asarray(tokens), policy)
+        dec = teacher_forced_decode_logits(model, params, tokens, policy)
+        assert np.abs(dec - np.asarray(sim[0])).max() <= 1e-5, (family, method)
+        assert np.abs(np.asarray(sim) - np.asarray(dense)).max() > 1e-3, (family, method)
+
+
+@pytest.mark.parametrize("family", list(TINY_FAMILIES))
+def test_predictor_trains_on_each_family(tmp_path, family) -> None:
+    from butler_jax.train.config import load_run_config
+    from butler_jax.train.loop import train
+
+    cfg = TINY_FAMILIES[family]
+    model = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("source", "dtype", "seed")}
+    model["rope_scaling"] = {k: list(v) if isinstance(v, tuple) else v for k, v in model["rope_scaling"].items()}
+    overrides = [f"model.{k}={json.dumps(v)}" for k, v in model.items()]
+    run = load_run_config("configs/train_tiny.yaml", [f"train.output_dir={tmp_path}", "train.progress=false",
+                                                      "train.tensorboard=false", "train.steps=12", "data.batch_size=2",
+                                                      "data.seq_len=64", "train.save_every=100", *overrides])
+    assert run.model == dataclasses.replace(cfg, source="random")
+    train(run)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 12 and all(np.isfinite(losses))
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
