@@ -190,11 +190,11 @@ def test_decode_paths_refuse_contexts_they_cannot_compute() -> None:
 
 
 TINY_FAMILIES = {  # one tiny model per family for the policy and training checks (decode limits respected)
-    "llama": _R(BASE, num_hidden_layers=3),
-    "mistral": _R(BASE, family="mistral", num_hidden_layers=3, sliding_window=64),
-    "qwen2": _R(BASE, family="qwen2", qkv_bias=True, num_hidden_layers=3, tie_word_embeddings=True),
-    "qwen3": _R(BASE, family="qwen3", qk_norm=True, head_dim=32, num_hidden_layers=3),
-    "phi3": _R(BASE, family="phi3", num_hidden_layers=3, partial_rotary_factor=0.5,
+    "llama": _R(BASE),
+    "mistral": _R(BASE, family="mistral", sliding_window=64),
+    "qwen2": _R(BASE, family="qwen2", qkv_bias=True, tie_word_embeddings=True),
+    "qwen3": _R(BASE, family="qwen3", qk_norm=True, head_dim=32),
+    "phi3": _R(BASE, family="phi3", partial_rotary_factor=0.5,
                rope_scaling=_R(_LONG, short_factor=_LONG.short_factor[:4], long_factor=_LONG.long_factor[:4],
                                original_max_position_embeddings=64)),
 }
@@ -241,10 +241,105 @@ def test_predictor_trains_on_each_family(tmp_path, family) -> None:
     model["rope_scaling"] = {k: list(v) if isinstance(v, tuple) else v for k, v in model["rope_scaling"].items()}
     overrides = [f"model.{k}={json.dumps(v)}" for k, v in model.items()]
     run = load_run_config("configs/train_tiny.yaml", [f"train.output_dir={tmp_path}", "train.progress=false",
-                                                      "train.tensorboard=false", "train.steps=12", "data.batch_size=2",
+                                                      "train.tensorboard=false", "train.steps=8", "data.batch_size=2",
                                                       "data.seq_len=64", "train.save_every=100", *overrides])
     assert run.model == dataclasses.replace(cfg, source="random")
     train(run)
     losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert len(losses) == 12 and all(np.isfinite(losses))
+    assert len(losses) == 8 and all(np.isfinite(losses))
     assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
+
+
+def _write_gguf(path, cfg: ModelConfig, state: dict[str, np.ndarray]) -> None:
+    """A float32 GGUF laid out as llama.cpp's converter writes `cfg`'s family (tests only)."""
+    import gguf
+
+    from butler_jax.weights.gguf_file import _LAYER_NAMES
+    from butler_jax.weights.names import FUSED
+
+    arch = cfg.family
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
+    writer.add_key_length(cfg.resolved_head_dim)
+    writer.add_value_length(cfg.resolved_head_dim)
+    writer.add_rope_dimension_count(cfg.rotary_dim)
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    writer.add_rope_freq_base(cfg.rope_theta)
+    if cfg.sliding_window:
+        writer.add_sliding_window(cfg.sliding_window)
+    if cfg.rope_scaling.rope_type == "longrope":
+        writer.add_rope_scaling_orig_ctx_len(cfg.rope_scaling.original_max_position_embeddings)
+        writer.add_tensor("rope_factors_short.weight", np.asarray(cfg.rope_scaling.short_factor, np.float32))
+        writer.add_tensor("rope_factors_long.weight", np.asarray(cfg.rope_scaling.long_factor, np.float32))
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list([f"t{i}" for i in range(cfg.vocab_size)])
+    writer.add_bos_token_id(cfg.bos_token_id)
+    writer.add_eos_token_id(cfg.eos_token_id)
+    to_gguf = {v: k for k, v in _LAYER_NAMES.items()}
+    to_gguf.update({"mlp.up_proj": "ffn_up", "mlp.gate_up_proj": "ffn_up"})
+    top = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+           "lm_head.weight": "output.weight"}
+    for name, array in state.items():
+        if name in top:
+            writer.add_tensor(top[name], array)
+            continue
+        _, _, layer, *rest = name.split(".")
+        base, leaf = ".".join(rest[:-1]), rest[-1]
+        if arch == "llama" and base in ("self_attn.q_proj", "self_attn.k_proj"):  # llama.cpp's permute
+            heads = cfg.num_attention_heads if "q_proj" in base else cfg.num_key_value_heads
+            array = array.reshape(heads, 2, array.shape[0] // heads // 2, *array.shape[1:]).swapaxes(1, 2).reshape(array.shape)
+        writer.add_tensor(f"blk.{layer}.{to_gguf[base]}.{leaf}", np.ascontiguousarray(array))
+    assert set(FUSED) >= {k.split(".", 3)[3] for k in state if "qkv" in k or "gate_up" in k}
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+@pytest.mark.parametrize("name", ["mistral-mqa-headdim-tied", "qwen2-tied", "qwen3-headdim-tied",
+                                  "phi3-longrope-partial-window"])
+def test_gguf_of_each_llama_cpp_family_loads_exactly(tmp_path, name) -> None:
+    from butler_jax.weights.gguf_file import load_gguf_model
+
+    cfg = CASES[name]
+    if cfg.family == "mistral":  # llama.cpp converts Mistral as `llama` (permuted Q/K rows, no window key)
+        cfg = _R(cfg, family="llama", sliding_window=None)
+    state = _random_hf_state(cfg, seed=3)
+    _write_gguf(tmp_path / "m.gguf", cfg, state)
+    got_cfg, params = load_gguf_model(tmp_path / "m.gguf")
+    f32 = lambda xs: tuple(float(np.float32(x)) for x in xs)  # noqa: E731  (GGUF stores float32)
+    rope = _R(cfg.rope_scaling, short_factor=f32(cfg.rope_scaling.short_factor), long_factor=f32(cfg.rope_scaling.long_factor))
+    assert _explicit(got_cfg) == _explicit(_R(cfg, rms_norm_eps=f32([cfg.rms_norm_eps])[0], rope_scaling=rope)), name
+    expected = flatten(hf_state_dict_to_params(state, cfg))
+    got = flatten(params)
+    assert sorted(got) == sorted(expected) and all(np.array_equal(got[k], expected[k]) for k in got), name
+
+
+def test_gguf_math_metadata_is_refused(tmp_path) -> None:
+    import gguf
+
+    from butler_jax.weights.gguf_file import load_gguf_model
+
+    cfg = CASES["qwen2-tied"]
+    state = _random_hf_state(cfg, seed=3)
+    path = tmp_path / "m.gguf"
+    _write_gguf(path, cfg, state)
+    reader = gguf.GGUFReader(str(path))
+    writer = gguf.GGUFWriter(str(tmp_path / "scaled.gguf"), "qwen2")
+    for field in reader.fields.values():
+        if not field.name.startswith(("GGUF.", "general.architecture")):
+            writer.add_key_value(field.name, field.contents(), field.types[0], field.types[-1] if len(field.types) > 1 else None)
+    writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+    for tensor in reader.tensors:
+        writer.add_tensor(tensor.name, np.asarray(tensor.data).reshape(tuple(reversed(tensor.shape.tolist()))))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(CheckpointError, match="qwen2.rope.scaling.type='yarn'"):
+        load_gguf_model(tmp_path / "scaled.gguf")
