@@ -343,3 +343,15 @@ def test_gguf_math_metadata_is_refused(tmp_path) -> None:
     writer.close()
     with pytest.raises(CheckpointError, match="qwen2.rope.scaling.type='yarn'"):
         load_gguf_model(tmp_path / "scaled.gguf")
+
+
+@pytest.mark.parametrize("name,family,millions", [("qwen2.5-0.5b", "qwen2", 494.0), ("qwen3-0.6b", "qwen3", 596.0),
+                                                   ("mistral-7b", "mistral", 7241.7), ("phi-3-mini", "phi3", 3821.1)])
+def test_family_configs_have_the_published_sizes(name, family, millions) -> None:
+    """configs/<family>.yaml (model.source=random) builds the published parameter count and exports."""
+    from butler_jax.config import load_yaml, section
+
+    cfg = section(load_yaml(f"configs/{name}.yaml", ["model.source=random"]), "model", ModelConfig)
+    count = sum(x.size for x in jax.tree.leaves(jax.eval_shape(lambda: init_params(cfg))))
+    assert cfg.family == family and abs(count / 1e6 - millions) < 0.1
+    assert config_from_hf(config_to_hf(cfg), dtype=cfg.dtype) == dataclasses.replace(cfg, source="random")
