@@ -32,7 +32,8 @@ class RopeScaling:
 
     longrope (Phi-3 "su"/"longrope"): per-frequency `short_factor` / `long_factor` divisors (the long
     ones when a call's positions pass `original_max_position_embeddings`) and cos/sin scaled by
-    `attention_factor` (default sqrt(1 + ln(factor) / ln(original_max_position_embeddings))).
+    `attention_factor` (default sqrt(1 + ln(factor) / ln(original_max_position_embeddings)); readers
+    set `factor` to max_position_embeddings / original_max_position_embeddings when the file has none).
     """
 
     rope_type: RopeType = "default"

@@ -165,8 +165,8 @@ def generate(
     tokens, lengths = pad_prompts(prompts, multiple=prompt_width or PAD_MULTIPLE)
     capacity = capacity or tokens.shape[1] + max_new_tokens
     check_capacity(capacity, int(lengths.max()), max_new_tokens)
-    model.cfg.check_context(int(lengths.max()) + max_new_tokens, "generate", cached=True)
     capacity = max(capacity, tokens.shape[1])
+    model.cfg.check_context(capacity, "generate (cache capacity: padded prompt + new tokens)", cached=True)
     out, count = _generate(
         model, params, jnp.asarray(tokens), jnp.asarray(lengths), jax.random.PRNGKey(seed),
         policy=policy or DensePolicy(), max_new_tokens=max_new_tokens, sampling=sampling,

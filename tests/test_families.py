@@ -29,7 +29,7 @@ BASE = ModelConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hid
                    num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6, tie_word_embeddings=False,
                    bos_token_id=1, eos_token_id=2)
 _R = dataclasses.replace
-_LONG = RopeScaling("longrope", short_factor=(1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0),
+_LONG = RopeScaling("longrope", factor=8.0, short_factor=(1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0),
                     long_factor=(1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 16.0, 24.0), original_max_position_embeddings=32)
 CASES = {
     "llama-gelu-biases": _R(BASE, hidden_act="gelu", qkv_bias=True, o_bias=True, mlp_bias=True),
@@ -103,7 +103,7 @@ def test_greedy_generation_equals_transformers_generate(case, tmp_path) -> None:
     save_hf_directory(params, cfg, tmp_path / "hf")
     model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32).eval()
     prompt = list(np.random.default_rng(1).integers(3, cfg.vocab_size, 8))
-    ours = generate(LlamaForCausalLM(cfg), params, [prompt], 32).rows()[0]
+    ours = generate(LlamaForCausalLM(cfg), params, [prompt], 32, prompt_width=8).rows()[0]  # cache of 40
     greedy = GenerationConfig(max_new_tokens=32, do_sample=False, eos_token_id=None, pad_token_id=0)
     with torch.no_grad():
         theirs = model.generate(torch.tensor([prompt]), generation_config=greedy)[0, len(prompt):].tolist()
@@ -364,3 +364,46 @@ def test_family_configs_have_the_published_sizes(name, family, millions) -> None
     count = sum(x.size for x in jax.tree.leaves(jax.eval_shape(lambda: init_params(cfg))))
     assert cfg.family == family and abs(count / 1e6 - millions) < 0.1
     assert config_from_hf(config_to_hf(cfg), dtype=cfg.dtype) == dataclasses.replace(cfg, source="random")
+
+
+PUBLISHED = {  # config.json files as published on the hub (key sets and values), abridged lists of ids
+    "SmolLM2-135M": {"architectures": ["LlamaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+                     "bos_token_id": 0, "eos_token_id": 0, "hidden_act": "silu", "hidden_size": 576,
+                     "initializer_range": 0.041666666666666664, "intermediate_size": 1536, "is_llama_config": True,
+                     "max_position_embeddings": 8192, "mlp_bias": False, "model_type": "llama",
+                     "num_attention_heads": 9, "num_hidden_layers": 30, "num_key_value_heads": 3,
+                     "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_interleaved": False, "rope_scaling": None,
+                     "rope_theta": 100000, "tie_word_embeddings": True, "torch_dtype": "bfloat16",
+                     "transformers_version": "4.40.1", "use_cache": True, "vocab_size": 49152,
+                     "transformers.js_config": {"kv_cache_dtype": {"q4f16": "float16"}}},
+    "Qwen2.5-0.5B": {"architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
+                     "eos_token_id": 151643, "hidden_act": "silu", "hidden_size": 896, "initializer_range": 0.02,
+                     "intermediate_size": 4864, "max_position_embeddings": 32768, "max_window_layers": 24,
+                     "model_type": "qwen2", "num_attention_heads": 14, "num_hidden_layers": 24,
+                     "num_key_value_heads": 2, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+                     "sliding_window": 32768, "tie_word_embeddings": True, "torch_dtype": "bfloat16",
+                     "transformers_version": "4.40.1", "use_cache": True, "use_sliding_window": False,
+                     "vocab_size": 151936},
+    "Phi-3-mini-4k-instruct": {"_name_or_path": "Phi-3-mini-4k-instruct", "architectures": ["Phi3ForCausalLM"],
+                               "attention_bias": False, "attention_dropout": 0.0,
+                               "auto_map": {"AutoConfig": "configuration_phi3.Phi3Config"}, "bos_token_id": 1,
+                               "embd_pdrop": 0.0, "eos_token_id": 32000, "hidden_act": "silu", "hidden_size": 3072,
+                               "initializer_range": 0.02, "intermediate_size": 8192, "max_position_embeddings": 4096,
+                               "model_type": "phi3", "num_attention_heads": 32, "num_hidden_layers": 32,
+                               "num_key_value_heads": 32, "original_max_position_embeddings": 4096,
+                               "pad_token_id": 32000, "resid_pdrop": 0.0, "rms_norm_eps": 1e-05,
+                               "rope_scaling": None, "rope_theta": 10000.0, "sliding_window": 2047,
+                               "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+                               "transformers_version": "4.40.2", "use_cache": True, "vocab_size": 32064},
+}
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED))
+def test_published_configs_are_accepted(name) -> None:
+    """Strict reading accepts the real files (their extra keys are bookkeeping) and keeps their math."""
+    cfg = config_from_hf(PUBLISHED[name])
+    expected = {"SmolLM2-135M": ("llama", None, False), "Qwen2.5-0.5B": ("qwen2", None, True),
+                "Phi-3-mini-4k-instruct": ("phi3", 2047, False)}[name]
+    assert (cfg.family, cfg.sliding_window, cfg.qkv_bias) == expected
+    with pytest.raises(CheckpointError, match="rope_interleaved=True"):
+        config_from_hf({**PUBLISHED[name], "rope_interleaved": True})

@@ -161,7 +161,7 @@ class LlamaForCausalLM(nn.Module):
         self.norm = RMSNorm(cfg.rms_norm_eps, dt)
         if not cfg.tie_word_embeddings:
             self.lm_head = _dense(cfg.vocab_size, "lm_head", dt)
-        self.rope = rope_tables(cfg.rotary_dim, cfg.rope_theta, cfg.rope_scaling, cfg.max_position_embeddings)
+        self.rope = rope_tables(cfg.rotary_dim, cfg.rope_theta, cfg.rope_scaling)
 
     def hidden(self, tokens, positions, attend: AttendFn = dense_causal_attend, carry: Any = None):
         """Final normed hidden states [B, T, D] and the carry after the last layer."""

@@ -36,10 +36,10 @@ def _base_inv_freq(rotary_dim: int, theta: float) -> np.ndarray:
 def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None = None) -> np.ndarray:
     """Inverse frequencies [head_dim // 2] (float64 numpy, cast at use) for a rope config
     (`head_dim` here is the rotary dim; for longrope, the short-context set)."""
-    return rope_tables(head_dim, theta, scaling, 0).inv_freq
+    return rope_tables(head_dim, theta, scaling).inv_freq
 
 
-def _longrope(inv_freq: np.ndarray, scaling: RopeScaling, max_positions: int) -> RopeTables:
+def _longrope(inv_freq: np.ndarray, scaling: RopeScaling) -> RopeTables:
     half = inv_freq.shape[0]
     for name in ("short_factor", "long_factor"):
         if len(getattr(scaling, name)) != half:
@@ -47,8 +47,7 @@ def _longrope(inv_freq: np.ndarray, scaling: RopeScaling, max_positions: int) ->
                 f"rope_scaling.{name} has {len(getattr(scaling, name))} values; longrope needs one per "
                 f"rotary frequency ({half})"
             )
-    original = scaling.original_max_position_embeddings
-    factor = scaling.factor if scaling.factor != 1.0 else max_positions / original
+    original, factor = scaling.original_max_position_embeddings, scaling.factor
     scale = scaling.attention_factor
     if scale is None:
         scale = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
@@ -57,9 +56,8 @@ def _longrope(inv_freq: np.ndarray, scaling: RopeScaling, max_positions: int) ->
     return RopeTables(short, long, original, float(scale))
 
 
-def rope_tables(rotary_dim: int, theta: float, scaling: RopeScaling | None, max_positions: int) -> RopeTables:
-    """The frequency tables of a rope config (`max_positions`: the model's position limit,
-    which sets longrope's default factor)."""
+def rope_tables(rotary_dim: int, theta: float, scaling: RopeScaling | None) -> RopeTables:
+    """The frequency tables of a rope config."""
     if rotary_dim % 2:
         raise ConfigError(f"rotary dim {rotary_dim} must be even")
     inv_freq = _base_inv_freq(rotary_dim, theta)
@@ -70,7 +68,7 @@ def rope_tables(rotary_dim: int, theta: float, scaling: RopeScaling | None, max_
     if scaling.rope_type == "linear":
         return plain(inv_freq / scaling.factor)
     if scaling.rope_type == "longrope":
-        return _longrope(inv_freq, scaling, max_positions)
+        return _longrope(inv_freq, scaling)
     if scaling.rope_type == "llama3":
         old_len = scaling.original_max_position_embeddings
         low_wavelen = old_len / scaling.low_freq_factor

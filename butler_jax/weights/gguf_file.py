@@ -82,8 +82,9 @@ def _config(reader, path: Path, dtype: str, tensors: dict[str, np.ndarray]) -> M
     scaling = RopeScaling()
     if all(name in tensors for name in _ROPE_FACTORS):
         short, long = (tuple(float(x) for x in tensors.pop(name).reshape(-1)) for name in _ROPE_FACTORS)
-        scaling = RopeScaling("longrope", short_factor=short, long_factor=long,
-                              original_max_position_embeddings=int(f("rope.scaling.original_context_length")),
+        original = int(f("rope.scaling.original_context_length"))
+        scaling = RopeScaling("longrope", factor=int(f("context_length", original)) / original, short_factor=short,
+                              long_factor=long, original_max_position_embeddings=original,
                               attention_factor=float(f("rope.scaling.attn_factor")) if
                               f"{arch}.rope.scaling.attn_factor" in reader.fields else None)
     window = f("attention.sliding_window", 0)

@@ -31,7 +31,17 @@ NEUTRAL_FIELDS = frozenset({
     "eos_token_id", "auto_map", "output_attentions", "output_hidden_states", "return_dict", "is_encoder_decoder",
     "id2label", "label2id", "problem_type", "chunk_size_feed_forward", "tokenizer_class", "pretraining_tp",
     "max_position_embeddings", "use_return_dict", "is_decoder", "add_cross_attention", "tie_encoder_decoder",
+    "is_llama_config", "transformers.js_config", "task_specific_params", "finetuning_task", "torchscript",
+    "use_bfloat16", "tf_legacy_loss", "pruned_heads", "sep_token_id", "decoder_start_token_id",
+    # generation defaults that transformers 4 wrote into config.json
+    "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "num_beam_groups", "diversity_penalty",
+    "temperature", "top_k", "top_p", "typical_p", "repetition_penalty", "length_penalty", "no_repeat_ngram_size",
+    "encoder_no_repeat_ngram_size", "bad_words_ids", "num_return_sequences", "output_scores",
+    "return_dict_in_generate", "forced_bos_token_id", "forced_eos_token_id", "remove_invalid_values",
+    "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens",
 })
+# fields accepted only at the value that means "as transformers computes without them"
+OFF_FIELDS = {"rope_interleaved": False, "use_mrope": False}
 # fields each family reads (besides the shape fields every family has)
 _COMMON = frozenset({
     "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -95,6 +105,8 @@ def _rope_scaling(hf: dict, family: str) -> tuple[float, float, RopeScaling]:
     if rope_type == "longrope":
         kwargs.setdefault("original_max_position_embeddings",
                           hf.get("original_max_position_embeddings", hf.get("max_position_embeddings")))
+        # transformers: without a factor, the ratio of the position limits (sets the attention factor)
+        kwargs.setdefault("factor", hf.get("max_position_embeddings", 4096) / kwargs["original_max_position_embeddings"])
         for key in ("short_factor", "long_factor"):
             if key not in kwargs:
                 raise _refuse(family, "rope_scaling", legacy or params, f"longrope needs {key}")
@@ -147,12 +159,13 @@ def config_from_hf(hf: dict, dtype: str = "float32", source: str = "random", str
     field and value); with `strict`, fields butler-jax does not know are refused as well (pass
     strict=False to read only the dims of a config that carries extra, non-model keys)."""
     family = family_of(hf)
-    if strict:
-        known = NEUTRAL_FIELDS | _COMMON | _FAMILY_FIELDS[family]
-        for field, value in hf.items():
-            if field not in known:
-                raise _refuse(family, field, value, "not understood by butler-jax; it may change the computation, "
-                              "so the checkpoint is refused rather than run without it")
+    known = NEUTRAL_FIELDS | _COMMON | _FAMILY_FIELDS[family] | set(OFF_FIELDS)
+    for field, value in hf.items():
+        if field in OFF_FIELDS and value != OFF_FIELDS[field]:
+            raise _refuse(family, field, value, f"only {OFF_FIELDS[field]!r} is supported")
+        if strict and field not in known:
+            raise _refuse(family, field, value, "not understood by butler-jax; it may change the computation, "
+                          "so the checkpoint is refused rather than run without it")
     act = hf.get("hidden_act", "silu")
     if act not in ACTIVATIONS:
         raise _refuse(family, "hidden_act", act, f"supported activations: {', '.join(ACTIVATIONS)}")
@@ -221,7 +234,7 @@ def _check_exportable(cfg: ModelConfig) -> None:
 def _rope_to_hf(cfg: ModelConfig) -> dict:
     s = cfg.rope_scaling
     rope = {"rope_type": s.rope_type, "rope_theta": cfg.rope_theta}
-    if s.rope_type in ("linear", "llama3") or (s.rope_type == "longrope" and s.factor != 1.0):
+    if s.rope_type != "default":
         rope["factor"] = s.factor
     if s.rope_type == "llama3":
         rope.update(low_freq_factor=s.low_freq_factor, high_freq_factor=s.high_freq_factor,
