@@ -12,7 +12,8 @@ JAX format: a directory with `<name>.safetensors` (the Flax parameter tree flatt
 keys, dtypes kept) and `<name>.json` (the config): name "model" for the backbone, "predictor" for a
 predictor (plus `torch_carried.safetensors`: tensors of the original file carried through unchanged,
 e.g. the frozen q/k/v/o copies and the head predictor of a paper `.pt`).
-`llama-to-jax` takes an HF directory, a hub id, a .gguf file or "embedded"; `jax-to-hf` takes a
+`llama-to-jax` takes an HF directory or hub id of any supported family (Llama, Mistral, Qwen2/2.5,
+Qwen3, Phi-3; chosen from config.json's model_type), a .gguf file or "embedded"; `jax-to-hf` takes a
 JAX model directory or any of those and writes a directory `transformers` loads with
 `from_pretrained`. An `hf-butler` predictor is written as one safetensors file of the
 `model.layers.0.self_attn.sparse_*` tensors; merge it into a Butler repo's weights, and copy that
@@ -96,7 +97,7 @@ def llama_to_jax(args: argparse.Namespace) -> str:
     cfg, params = load_model(args.src, args.dtype or _source_dtype(args.src))
     with staged(args.target) as tmp:
         save_jax_model(params, cfg, tmp)
-    return f"wrote {args.out}: {cfg.num_hidden_layers}-layer Llama, dtype {cfg.dtype}, {_count(params):,} parameters"
+    return f"wrote {args.out}: {cfg.num_hidden_layers}-layer {cfg.family}, dtype {cfg.dtype}, {_count(params):,} parameters"
 
 
 def jax_to_hf(args: argparse.Namespace) -> str:
@@ -113,7 +114,7 @@ def jax_to_hf(args: argparse.Namespace) -> str:
         return f"wrote {args.out}: HF Butler directory, dtype {cfg.dtype}, {_count(params):,} backbone parameters + {conv.summary()}"
     with staged(args.target) as tmp:
         save_hf_directory(params, cfg, tmp, tokenizer)
-    return f"wrote {args.out}: HF Llama directory, dtype {cfg.dtype}, {_count(params):,} parameters"
+    return f"wrote {args.out}: HF {cfg.family} directory, dtype {cfg.dtype}, {_count(params):,} parameters"
 
 
 def predictor_to_jax(args: argparse.Namespace) -> str:
@@ -142,7 +143,7 @@ def _count(params: dict) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, fn, help_text in (("llama-to-jax", llama_to_jax, "HF Llama / GGUF / embedded -> JAX directory"),
+    for name, fn, help_text in (("llama-to-jax", llama_to_jax, "HF (llama, mistral, qwen2, qwen3, phi3) / GGUF / embedded -> JAX directory"),
                                 ("jax-to-hf", jax_to_hf, "JAX directory (or any model source) -> HF directory"),
                                 ("predictor-to-jax", predictor_to_jax, "original TokenButler predictor -> JAX directory"),
                                 ("predictor-to-torch", predictor_to_torch, "JAX predictor directory -> original format")):

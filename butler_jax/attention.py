@@ -31,9 +31,13 @@ def attention_logits(q: jnp.ndarray, k: jnp.ndarray, kv_layout: str = "bthd") ->
     return logits.reshape(b, hq, tq, tk) * (d**-0.5)
 
 
-def causal_mask(q_positions: jnp.ndarray, k_positions: jnp.ndarray, k_lengths: jnp.ndarray | None = None) -> jnp.ndarray:
-    """Keep-mask [B, 1, Tq, Tk]: key position <= query position (and < k_lengths[b] if given)."""
+def causal_mask(q_positions: jnp.ndarray, k_positions: jnp.ndarray, k_lengths: jnp.ndarray | None = None,
+                window: int | None = None) -> jnp.ndarray:
+    """Keep-mask [B, 1, Tq, Tk]: key position <= query position (and < k_lengths[b] if given;
+    and > query position - window for a sliding window, as transformers' sliding mask)."""
     keep = k_positions[:, None, :] <= q_positions[:, :, None]
+    if window is not None:
+        keep = keep & (k_positions[:, None, :] > q_positions[:, :, None] - window)
     if k_lengths is not None:
         keep = keep & (k_positions[:, None, :] < k_lengths[:, None, None])
     return keep[:, None]
@@ -67,13 +71,15 @@ def causal_attention(
     k_positions: jnp.ndarray,
     k_lengths: jnp.ndarray | None = None,
     keep: jnp.ndarray | None = None,
+    window: int | None = None,
 ) -> jnp.ndarray:
-    """Dense causal attention; `keep` ([B, Hq|1, Tq, Tk]) further restricts the kept keys.
+    """Dense causal attention; `keep` ([B, Hq|1, Tq, Tk]) further restricts the kept keys, and so
+    does a sliding `window` (keys within the last `window` positions).
 
     q: [B, Tq, Hq, D], k/v: [B, Tk, Hkv, D], positions: [B, Tq] / [B, Tk] -> [B, Tq, Hq, D].
     """
     logits = attention_logits(q, k)
-    mask = causal_mask(q_positions, k_positions, k_lengths)
+    mask = causal_mask(q_positions, k_positions, k_lengths, window)
     if keep is not None:
         mask = mask & keep
     return masked_attention(logits, mask, v)

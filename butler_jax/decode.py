@@ -52,7 +52,8 @@ def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int = 0, multiple: int
 def prompt_attention(x: LayerInputs, lengths: jnp.ndarray) -> jnp.ndarray:
     """Dense causal attention of the prompt block x [B, P, ...] (keys < lengths[b]), in query chunks."""
     return jnp.concatenate([
-        causal_attention(x.q[:, s:s + PREFILL_CHUNK], x.k, x.v, x.positions[:, s:s + PREFILL_CHUNK], x.positions, k_lengths=lengths)
+        causal_attention(x.q[:, s:s + PREFILL_CHUNK], x.k, x.v, x.positions[:, s:s + PREFILL_CHUNK], x.positions,
+                         k_lengths=lengths, window=x.window)
         for s in range(0, x.q.shape[1], PREFILL_CHUNK)
     ], axis=1)
 
@@ -192,6 +193,7 @@ def generate(
     capacity = capacity or tokens.shape[1] + max_new_tokens
     check_capacity(capacity, int(lengths.max()), max_new_tokens)
     capacity = max(capacity, tokens.shape[1])
+    model.cfg.check_context(capacity, "generate (cache capacity: padded prompt + new tokens)", cached=True)
     out, count = _generate(
         model, params, policy_params, jnp.asarray(tokens), jnp.asarray(lengths), jax.random.PRNGKey(seed),
         policy=policy or DensePolicy(), max_new_tokens=max_new_tokens, sampling=sampling,

@@ -61,6 +61,7 @@ def simulation_attend(policy, params):
 def simulated_logits(model: LlamaForCausalLM, params, tokens: jnp.ndarray, policy, policy_params: Any = ()
                      ) -> tuple[jnp.ndarray, tuple[LayerStats, ...]]:
     """Logits [B, T, V] of a decode-simulated pass over tokens [B, T], and per-layer statistics."""
+    model.cfg.check_context(tokens.shape[1], "decode simulation", cached=False)
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     carry = (policy.init_simulation(policy_params, tokens.shape[0], tokens.shape[1]), ())
     logits, (_, stats) = model.apply({"params": params}, tokens, positions, simulation_attend(policy, policy_params), carry)

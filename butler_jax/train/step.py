@@ -42,7 +42,7 @@ def forward_terms(model: LlamaForCausalLM, student: Student, cfg: TrainConfig, p
 
     def attend(layer: int, x: LayerInputs, carry: tuple[Any, tuple[LayerTerms, ...]]):
         state, terms = carry
-        out = causal_attention(x.q, x.k, x.v, x.positions, x.positions)
+        out = causal_attention(x.q, x.k, x.v, x.positions, x.positions, window=x.window)
         state, scores = student.at_layer(pred_params, layer, x, state, jax.random.fold_in(rng, layer), train)
         if layer in consumers:
             qi, ki = scores

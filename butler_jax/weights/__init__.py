@@ -8,8 +8,8 @@ from pathlib import Path
 from butler_jax.config import ModelConfig
 from butler_jax.weights.embedded import embedded_gguf_path
 from butler_jax.errors import CheckpointError
-from butler_jax.weights.gguf_file import load_gguf_llama
-from butler_jax.weights.hf import load_hf_llama, save_hf_directory
+from butler_jax.weights.gguf_file import load_gguf_model
+from butler_jax.weights.hf import load_hf_model, save_hf_directory
 from butler_jax.weights.names import hf_state_dict_to_params, params_to_hf_state_dict
 from butler_jax.weights.tokenizer import load_tokenizer
 
@@ -17,10 +17,10 @@ from butler_jax.weights.tokenizer import load_tokenizer
 def load_model(source: str, dtype: str = "float32") -> tuple[ModelConfig, dict]:
     """(config, Flax params as numpy) from "embedded", a .gguf file, an HF directory or a hub id."""
     if source == "embedded":
-        return load_gguf_llama(embedded_gguf_path(), dtype)
+        return load_gguf_model(embedded_gguf_path(), dtype)
     if source.endswith(".gguf"):
-        return load_gguf_llama(Path(source).expanduser(), dtype)
-    return load_hf_llama(source, dtype)
+        return load_gguf_model(Path(source).expanduser(), dtype)
+    return load_hf_model(source, dtype)
 
 
 def model_from_config(cfg: ModelConfig) -> tuple[ModelConfig, dict]:

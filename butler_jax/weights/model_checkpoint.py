@@ -1,4 +1,4 @@
-"""The Llama backbone in butler-jax's own checkpoint format: `model.safetensors` (flattened Flax tree,
+"""The backbone (any supported family) in butler-jax's own checkpoint format: `model.safetensors` (flattened Flax tree,
 "/"-joined keys, dtypes kept) + `model.json` ({"model": the ModelConfig})."""
 
 from __future__ import annotations

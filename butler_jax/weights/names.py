@@ -1,8 +1,12 @@
-"""Hugging Face Llama state-dict names <-> the Flax parameter tree of `LlamaForCausalLM`.
+"""Hugging Face state-dict names <-> the Flax parameter tree of `LlamaForCausalLM`, per family.
 
 Generic rules: drop the `model.` prefix, `layers.{i}` <-> `layers_{i}`, a Linear `weight`
-[out, in] <-> a Dense `kernel` [in, out] (transposed), `embed_tokens.weight` <-> `embedding`,
-norm `weight` stays `weight`. Arrays are numpy; dtypes are preserved.
+[out, in] <-> a Dense `kernel` [in, out] (transposed), a Linear `bias` stays `bias`,
+`embed_tokens.weight` <-> `embedding`, norm `weight` stays `weight` (also Qwen3's per-head
+`self_attn.q_norm` / `k_norm`). Which tensors exist follows the config (biases, q/k norms, an
+untied head). Phi-3 stores `self_attn.qkv_proj` (q, k, v rows stacked) and `mlp.gate_up_proj`
+(gate, up rows stacked): `unfuse` splits them into the Llama names on the way in and `fuse`
+joins them on the way out, so the model itself has one layout. Arrays are numpy; dtypes kept.
 """
 
 from __future__ import annotations
@@ -15,11 +19,18 @@ from butler_jax.config import ModelConfig
 from butler_jax.errors import CheckpointError
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+# fused Phi-3 tensor -> its parts, in row order
+FUSED = {
+    "self_attn.qkv_proj.weight": ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+    "mlp.gate_up_proj.weight": ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
+}
+FUSED_FAMILIES = ("phi3",)
 
 
 def hf_param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor name an HF Llama checkpoint of `cfg` must hold, with its torch shape."""
-    hd, d = cfg.resolved_head_dim, cfg.hidden_size
+    """Every tensor an (unfused) HF checkpoint of `cfg` must hold, with its torch shape."""
+    hd, d, inter = cfg.resolved_head_dim, cfg.hidden_size, cfg.intermediate_size
+    q_out, kv_out = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
     shapes: dict[str, tuple[int, ...]] = {
         "model.embed_tokens.weight": (cfg.vocab_size, d),
         "model.norm.weight": (d,),
@@ -27,24 +38,33 @@ def hf_param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     if not cfg.tie_word_embeddings:
         shapes["lm_head.weight"] = (cfg.vocab_size, d)
     per_layer = {
-        "self_attn.q_proj.weight": (cfg.num_attention_heads * hd, d),
-        "self_attn.k_proj.weight": (cfg.num_key_value_heads * hd, d),
-        "self_attn.v_proj.weight": (cfg.num_key_value_heads * hd, d),
-        "self_attn.o_proj.weight": (d, cfg.num_attention_heads * hd),
-        "mlp.gate_proj.weight": (cfg.intermediate_size, d),
-        "mlp.up_proj.weight": (cfg.intermediate_size, d),
-        "mlp.down_proj.weight": (d, cfg.intermediate_size),
+        "self_attn.q_proj.weight": (q_out, d),
+        "self_attn.k_proj.weight": (kv_out, d),
+        "self_attn.v_proj.weight": (kv_out, d),
+        "self_attn.o_proj.weight": (d, q_out),
+        "mlp.gate_proj.weight": (inter, d),
+        "mlp.up_proj.weight": (inter, d),
+        "mlp.down_proj.weight": (d, inter),
         "input_layernorm.weight": (d,),
         "post_attention_layernorm.weight": (d,),
     }
+    if cfg.qkv_bias:
+        per_layer.update({"self_attn.q_proj.bias": (q_out,), "self_attn.k_proj.bias": (kv_out,),
+                          "self_attn.v_proj.bias": (kv_out,)})
+    if cfg.o_bias:
+        per_layer["self_attn.o_proj.bias"] = (d,)
+    if cfg.mlp_bias:
+        per_layer.update({"mlp.gate_proj.bias": (inter,), "mlp.up_proj.bias": (inter,), "mlp.down_proj.bias": (d,)})
+    if cfg.qk_norm:
+        per_layer.update({"self_attn.q_norm.weight": (hd,), "self_attn.k_norm.weight": (hd,)})
     for i in range(cfg.num_hidden_layers):
         for name, shape in per_layer.items():
             shapes[f"model.layers.{i}.{name}"] = shape
     return shapes
 
 
-def _flax_path(hf_name: str) -> tuple[tuple[str, ...], bool]:
-    """Flax path of an HF tensor name, and whether the tensor is transposed on the way."""
+def flax_path(hf_name: str) -> tuple[tuple[str, ...], bool]:
+    """Flax path of an (unfused) HF tensor name, and whether the tensor is transposed on the way."""
     if hf_name == "model.embed_tokens.weight":
         return ("embed_tokens", "embedding"), False
     if hf_name == "model.norm.weight":
@@ -53,22 +73,77 @@ def _flax_path(hf_name: str) -> tuple[tuple[str, ...], bool]:
         return ("lm_head", "kernel"), True
     match = _LAYER.match(hf_name)
     if not match:
-        raise CheckpointError(f"tensor {hf_name!r} is not part of a Llama checkpoint")
+        raise CheckpointError(f"tensor {hf_name!r} is not part of a supported decoder checkpoint")
     layer, rest = match.groups()
     parts = rest.split(".")
-    if parts[-1] != "weight":
-        raise CheckpointError(f"tensor {hf_name!r} is not part of a Llama checkpoint (biases are not supported)")
-    if parts[0].endswith("layernorm"):
-        return (f"layers_{layer}", parts[0], "weight"), False
+    if parts[-1] not in ("weight", "bias"):
+        raise CheckpointError(f"tensor {hf_name!r} is not part of a supported decoder checkpoint")
+    if parts[-2].endswith(("layernorm", "_norm")):
+        return (f"layers_{layer}", *parts), False
+    if parts[-1] == "bias":
+        return (f"layers_{layer}", *parts), False
     return (f"layers_{layer}", *parts[:-1], "kernel"), True
+
+
+def hf_name(path: tuple[str, ...]) -> str:
+    """Inverse of `flax_path`: the HF name of a Flax parameter path."""
+    if path[0] in ("embed_tokens", "norm"):
+        return f"model.{path[0]}.weight"
+    if path[0] == "lm_head":
+        return "lm_head.weight"
+    layer = path[0].removeprefix("layers_")
+    leaf = "weight" if path[-1] == "kernel" else path[-1]
+    return f"model.layers.{layer}.{'.'.join(path[1:-1])}.{leaf}"
+
+
+def _fused_sizes(cfg: ModelConfig, fused: str) -> tuple[int, ...]:
+    hd = cfg.resolved_head_dim
+    if fused.startswith("self_attn"):
+        return cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd, cfg.num_key_value_heads * hd
+    return cfg.intermediate_size, cfg.intermediate_size
+
+
+def unfuse(state: dict[str, np.ndarray], cfg: ModelConfig) -> dict[str, np.ndarray]:
+    """Split Phi-3's fused qkv_proj / gate_up_proj rows into the per-projection names."""
+    if cfg.family not in FUSED_FAMILIES:
+        return state
+    out = dict(state)
+    for i in range(cfg.num_hidden_layers):
+        for fused, parts in FUSED.items():
+            name = f"model.layers.{i}.{fused}"
+            if name not in out:
+                raise CheckpointError(f"{cfg.family} checkpoint is missing tensor {name!r}")
+            array = np.asarray(out.pop(name))
+            sizes = _fused_sizes(cfg, fused)
+            if array.ndim != 2 or array.shape[0] != sum(sizes) or array.shape[1] != cfg.hidden_size:
+                raise CheckpointError(
+                    f"tensor {name!r} has shape {tuple(array.shape)}, expected ({sum(sizes)}, {cfg.hidden_size})"
+                )
+            for part, piece in zip(parts, np.split(array, np.cumsum(sizes)[:-1], axis=0)):
+                out[f"model.layers.{i}.{part}"] = piece
+    return out
+
+
+def fuse(state: dict[str, np.ndarray], cfg: ModelConfig) -> dict[str, np.ndarray]:
+    """Inverse of `unfuse`: stack the per-projection rows into Phi-3's fused tensors."""
+    if cfg.family not in FUSED_FAMILIES:
+        return state
+    out = dict(state)
+    for i in range(cfg.num_hidden_layers):
+        for fused, parts in FUSED.items():
+            pieces = [out.pop(f"model.layers.{i}.{part}") for part in parts]
+            out[f"model.layers.{i}.{fused}"] = np.ascontiguousarray(np.concatenate(pieces, axis=0))
+    return out
 
 
 def hf_state_dict_to_params(state_dict: dict[str, np.ndarray], cfg: ModelConfig) -> dict:
     """Check names and shapes against `cfg` and build the Flax parameter tree.
 
-    Extra rotary buffers (`*.rotary_emb.inv_freq`) are ignored; a tied checkpoint that still
-    stores `lm_head.weight` is accepted when it equals the embedding.
+    Fused Phi-3 tensors are split first. Extra rotary buffers (`*.rotary_emb.inv_freq`) are
+    ignored; a tied checkpoint that still stores `lm_head.weight` is accepted (the head is the
+    embedding then, as transformers ties it).
     """
+    state_dict = unfuse(state_dict, cfg)
     expected = hf_param_shapes(cfg)
     params: dict = {}
     for name, shape in expected.items():
@@ -79,7 +154,7 @@ def hf_state_dict_to_params(state_dict: dict[str, np.ndarray], cfg: ModelConfig)
             raise CheckpointError(
                 f"tensor {name!r} has shape {tuple(array.shape)}, expected {shape} for this config"
             )
-        path, transpose = _flax_path(name)
+        path, transpose = flax_path(name)
         node = params
         for key in path[:-1]:
             node = node.setdefault(key, {})
@@ -89,18 +164,18 @@ def hf_state_dict_to_params(state_dict: dict[str, np.ndarray], cfg: ModelConfig)
             continue
         if name == "lm_head.weight" and cfg.tie_word_embeddings:
             continue
-        raise CheckpointError(f"unexpected tensor {name!r} for a Llama model of this config")
+        raise CheckpointError(f"unexpected tensor {name!r} for a {cfg.family} model of this config")
     return params
 
 
 def params_to_hf_state_dict(params: dict, cfg: ModelConfig) -> dict[str, np.ndarray]:
-    """Inverse of `hf_state_dict_to_params` (numpy arrays, torch [out, in] layout)."""
+    """Inverse of `hf_state_dict_to_params` (numpy arrays, torch [out, in] layout, fused for Phi-3)."""
     out = {}
     for name in hf_param_shapes(cfg):
-        path, transpose = _flax_path(name)
+        path, transpose = flax_path(name)
         node = params
         for key in path:
             node = node[key]
         array = np.asarray(node)
         out[name] = np.ascontiguousarray(array.T) if transpose else array
-    return out
+    return fuse(out, cfg)

@@ -276,7 +276,7 @@ def _butler_config(directory: Path) -> tuple[ModelConfig, dict]:
     if not file.is_file():
         raise CheckpointError(f"{str(directory)!r} has no config.json; pass an HF Butler model directory")
     raw = json.loads(file.read_text())
-    return config_from_hf({**raw, "model_type": "llama", "architectures": ["LlamaForCausalLM"]}), raw
+    return config_from_hf({**raw, "model_type": "llama", "architectures": ["LlamaForCausalLM"]}, strict=False), raw
 
 
 def read_hf_butler(source: str | Path, mcfg: ModelConfig | None = None, dtype: str | None = None) -> ConvertedPredictor:
