@@ -69,7 +69,7 @@ class Model:
         return load_tokenizer(self.source)
 
     def policy(self, sparsity: SparsityConfig):
-        """The policy of `sparsity`, built once (the same object keeps jit's cache warm)."""
+        """(policy, its traced params) of `sparsity`, built once (equal policies share compiled code)."""
         if sparsity not in self._policies:
             self._policies[sparsity] = make_policy(sparsity, self.cfg, self.predictor)
         return self._policies[sparsity]
@@ -120,8 +120,9 @@ class Model:
         settings = dataclasses.replace(self.sparsity, method=method, budget=str(budget), **sparsity)
         stops = [self.cfg.eos_token_id] if self.cfg.eos_token_id is not None else []
         start = time.perf_counter()
+        policy, policy_params = self.policy(settings)
         result = decode_generate(
-            self.module, self.params, prompts, max_new_tokens, policy=self.policy(settings),
+            self.module, self.params, prompts, max_new_tokens, policy=policy, policy_params=policy_params,
             sampling=SamplingConfig(temperature, top_p), stop_tokens=stops, seed=seed,
         )
         return result.rows(), time.perf_counter() - start
