@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 
 from butler_jax.cli import add_debug_flag, run_cli
+from butler_jax.config import ModelConfig, load_yaml, section
+from butler_jax.errors import ConfigError
 from butler_jax.sampling import SamplingConfig
 from butler_jax.sparsity import METHODS
 
@@ -41,9 +43,21 @@ def sparsity_options(args: argparse.Namespace) -> dict:
     return {**options, "neighbor_fetch": True} if args.neighbor_fetch else options
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Sampling and length arguments, checked before any weights load (ConfigError naming the value)."""
+    SamplingConfig(temperature=args.temperature, top_p=args.top_p)
+    if args.max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens {args.max_new_tokens} must be >= 1")
+    model = section(load_yaml(args.config, args.overrides), "model", ModelConfig)
+    if 1 + args.max_new_tokens > model.max_position_embeddings:
+        raise ConfigError(f"a prompt of at least 1 token plus --max-new-tokens {args.max_new_tokens} exceeds the "
+                          f"model's {model.max_position_embeddings} positions (model.max_position_embeddings)",
+                          fix="lower --max-new-tokens")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    SamplingConfig(temperature=args.temperature, top_p=args.top_p)  # checked before any weights load
+    check_arguments(args)
     from butler_jax.api import load
 
     predictor = None if args.method != "tokenbutler" else args.predictor

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from butler_jax.config import ConfigError
+from butler_jax.errors import InputError
 
 DATA_DIR = Path(__file__).resolve().parent / "eval" / "data"
 WIKITEXT2_SPLITS = {"test": "wiki.test.raw", "valid": "wiki.valid.raw"}
@@ -47,12 +48,24 @@ def wikitext2(split: str = "test") -> str:
     return (DATA_DIR / "wikitext-2-raw" / WIKITEXT2_SPLITS[split]).read_text(encoding="utf-8")
 
 
+def _read_utf8(path: Path) -> str:
+    """A text file's contents (BOM dropped); InputError naming the file when it is not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path.name} is not UTF-8 text ({exc.reason} at byte {exc.start}; {path})",
+                         fix="convert it to UTF-8") from None
+
+
 def _jsonl(path: Path, field: str) -> Iterator[str]:
     with path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            row = json.loads(line)
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path}:{n} is not a JSON record ({exc.msg})", fix="fix or remove that line") from None
             if not isinstance(row, dict) or not isinstance(row.get(field), str):
                 raise ConfigError(f"{path} line {n}: every JSONL row needs a string field {field!r}"
                                   + (f" (keys: {sorted(row)})" if isinstance(row, dict) else ""))
@@ -76,7 +89,7 @@ def _file(path: Path, field: str) -> Iterator[str]:
     elif path.suffix == ".parquet":
         yield from _parquet(path, field)
     elif path.suffix in TEXT_SUFFIXES:
-        yield strip_gutenberg(path.read_text(encoding="utf-8-sig", errors="replace").replace("\r\n", "\n"))
+        yield strip_gutenberg(_read_utf8(path).replace("\r\n", "\n"))
     else:
         raise ConfigError(f"text source {path} has an unsupported suffix; use one of {list(SUFFIXES)}")
 

@@ -145,7 +145,7 @@ def train(cfg: RunConfig, resume: bool = False, student_factory: StudentFactory 
             tps = None
             if done == start + warmup_steps:  # a process compiles once per row length: those steps are not timed
                 mark, mark_step = now, done
-            elif done > mark_step:
+            elif done > start + warmup_steps:
                 seconds, n = now - mark, done - mark_step
                 timed_tokens, timed_seconds = timed_tokens + n * tokens_per_step, timed_seconds + seconds
                 tps = n * tokens_per_step / seconds
