@@ -1,7 +1,7 @@
 """Flax predictors vs the PyTorch references (tests/torch_reference) on the same random weights.
 
 Weights go torch -> Flax through the converter (butler_jax.weights.predictor_torch), so these tests
-also pin the name mapping and the head-major slot permutation (spec original §3).
+also pin the name mapping and the head-major slot permutation.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def test_importance_logits_match_reference():
 
 
 def test_slot_layout_rows_encode_their_head_and_layer():
-    """Row block s of the torch importance weight is read by (layer s % N, head s // N) (spec §3)."""
+    """Row block s of the torch importance weight is read by (layer s % N, head s // N)."""
     dims, sizes = PAPER_CASES[0][1], PAPER_CASES[0][2]
     ref, mcfg, pcfg, _ = _paper_pair(dims, sizes, "v1")
     state = {k: torch_to_numpy(v) for k, v in ref.state_dict().items()}
@@ -139,7 +139,7 @@ def test_slot_layout_rows_encode_their_head_and_layer():
 
 
 def test_paper_param_count_matches_flax_tree_and_paper_table():
-    """Formula (spec §9) == the Flax tree's size; the paper's 1PC rows (spec §7) exactly."""
+    """Formula == the Flax tree's size; the paper's 1PC rows exactly."""
     for _, dims, sizes, _ in PAPER_CASES[:2]:
         for variant in ("v1", "v2"):
             pcfg, mcfg = PredictorConfig(variant=variant, **sizes), _model(dims)
@@ -174,7 +174,7 @@ def test_longctx_scores_match_reference_and_param_count():
 
 
 def test_longctx_param_count_llama_8b():
-    """Spec longcontext §1.5: 8 producers x 3,153,920 + 524,288 per-KV-head key projections."""
+    """The long-context predictor for Llama-3.1-8B: 8 producers x 3,153,920 + 524,288 per-KV-head key projections."""
     mcfg = ModelConfig(vocab_size=8, intermediate_size=8, hidden_size=4096, num_attention_heads=32, num_key_value_heads=8,
                        num_hidden_layers=32, head_dim=128)
     assert longctx_param_count(PredictorConfig(kind="longctx", dDash=16, intdim=512, producer_frequency=4), mcfg) == 25_231_360 + 524_288
@@ -182,7 +182,7 @@ def test_longctx_param_count_llama_8b():
 
 @pytest.mark.parametrize("config,d_dash,intdim,percent", [("llama-3.2-1b", 16, 512, 1.003), ("llama-3.1-8b", 32, 1024, 1.035)])
 def test_paper_predictor_is_about_one_percent_of_the_llm(config, d_dash, intdim, percent):
-    """The paper's claim (1-1.2 % of the LLM) for its 1B (1PC) and 8B configs (spec original §7)."""
+    """The paper's claim (1-1.2 % of the LLM) for its 1B (1PC) and 8B configs."""
     from butler_jax.config import load_yaml, section
     from butler_jax.models.llama import init_params
     from butler_jax.models.predictor_io import count_params
@@ -194,7 +194,7 @@ def test_paper_predictor_is_about_one_percent_of_the_llm(config, d_dash, intdim,
 
 
 def test_int8_keys_round_trip_and_scores():
-    """Per-KV-head symmetric int8 (spec longctx §2.4): error <= scale/2, padding ignored, later tokens clip."""
+    """Per-KV-head symmetric int8: error <= scale/2, padding ignored, later tokens clip."""
     from butler_jax.models.predictor_longctx import dequantize_keys, int8_scale, quantize_keys
 
     keys = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 3, 8))

@@ -96,7 +96,7 @@ def longctx_scores(queries: jnp.ndarray, keys: jnp.ndarray) -> jnp.ndarray:
 
 
 def int8_scale(keys: jnp.ndarray, valid: jnp.ndarray) -> jnp.ndarray:
-    """Symmetric int8 scale per KV head (spec longctx §2.4): max |k̂| over the valid (row, position, d')
+    """Symmetric int8 scale per KV head: max |k̂| over the valid (row, position, d')
     entries of a prefill block / 127, at least 1e-8. keys [B, T, Hkv, d'], valid [B, T] bool -> [Hkv] f32."""
     peak = jnp.max(jnp.where(valid[:, :, None, None], jnp.abs(keys.astype(jnp.float32)), 0.0), axis=(0, 1, 3))
     return jnp.maximum(peak / 127.0, 1e-8)

@@ -1,6 +1,6 @@
 """Original TokenButler predictor checkpoints <-> butler-jax predictor parameters, both directions.
 
-Formats (spec original §8, longcontext §1.4):
+Formats (the original TokenButler and long-context .pt files):
   "v1" / "v2"  a `.pt` list of producer state dicts (one entry), or a resume dict holding it under
                `model_state_dict`; names `sparse_token_predictor.*`; the frozen layer-0 `q/k/v/o_proj`
                copies, `sparse_head_predictor.*` and any rotary `inv_freq` buffers are carried through
@@ -14,7 +14,7 @@ Formats (spec original §8, longcontext §1.4):
 
 butler-jax side: the Flax tree of `PaperPredictor` / `LongctxPredictor` (numpy arrays, dtypes kept;
 `dtype` casts). The paper importance projections are stored head-major [H, N, d'] in torch and
-[N, H, d'] in Flax (spec original §3): rows are permuted here.
+[N, H, d'] in Flax: rows are permuted here.
 JAX checkpoint directory: `predictor.safetensors` + `predictor.json` (the `predictor_io` format) and,
 when tensors were carried, `torch_carried.safetensors`.
 """
@@ -60,7 +60,7 @@ class ConvertedPredictor:
     source: dict
 
     def summary(self) -> str:
-        """One paragraph: format, sizes, tensor counts, dtypes, parameter count vs the spec formula."""
+        """One paragraph: format, sizes, tensor counts, dtypes, parameter count vs the formula."""
         flat = flatten(self.params)
         count = sum(v.size for v in flat.values())
         dtypes = sorted({str(v.dtype) for v in flat.values()})
@@ -69,7 +69,7 @@ class ConvertedPredictor:
         return (f"{self.source['format']} predictor ({self.pcfg.kind} {self.pcfg.variant if self.pcfg.kind == 'paper' else ''}): "
                 f"dDash={self.pcfg.dDash} intdim={self.pcfg.intdim} attn_reduce_factor={self.pcfg.attn_reduce_factor} "
                 f"producer_frequency={self.pcfg.producer_frequency}; {len(flat)} tensors, {count:,} parameters "
-                f"(spec formula {expected:,}), dtypes {dtypes}; {len(self.carried)} tensors carried unchanged{note}")
+                f"(formula {expected:,}), dtypes {dtypes}; {len(self.carried)} tensors carried unchanged{note}")
 
 
 def model_shape_config(shape: dict) -> ModelConfig:
