@@ -6,7 +6,7 @@
 
 pyproject.toml installs two folders of the repository inside this package (package_dir):
 `kernels/` as `butler_jax.kernels` and the root scripts (train.py, evaluate.py, convert_torch.py)
-as `butler_jax.cli`, so nothing but `butler_jax` is installed at the top level. In a source
+as `butler_jax.commands`, so nothing but `butler_jax` is installed at the top level. In a source
 checkout (or an editable install) the finder below gives those names the same folders.
 """
 
@@ -19,11 +19,11 @@ import sys
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parent.parent
-_SOURCE_PACKAGES = {"butler_jax.kernels": _ROOT / "kernels", "butler_jax.cli": _ROOT}
+_SOURCE_PACKAGES = {"butler_jax.kernels": _ROOT / "kernels", "butler_jax.commands": _ROOT}
 
 
 class _SourceTreeFinder(importlib.abc.MetaPathFinder):
-    """Source tree only: `butler_jax.kernels` -> kernels/, `butler_jax.cli` -> the root scripts."""
+    """Source tree only: `butler_jax.kernels` -> kernels/, `butler_jax.commands` -> the root scripts."""
 
     def find_spec(self, fullname, path=None, target=None):
         folder = _SOURCE_PACKAGES.get(fullname)

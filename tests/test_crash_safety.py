@@ -45,13 +45,14 @@ def _tasks() -> list:
     """Two deterministic tasks (perplexity-like and score-like) with 6 samples each."""
     samples = [SimpleNamespace(sample=f"w{i}") for i in range(6)]
 
-    def ppl(policy, items):
+    def ppl(policy, policy_params, items):
         return [{"nll_sum": 1.5 + int(s.sample[1:]) / 7, "count": 64, "sparsity": 0.5} for s in items]
 
-    def score(policy, items):
+    def score(policy, policy_params, items):
         return [{"score": float(int(s.sample[1:]) % 2), "metric": "accuracy"} for s in items]
 
-    return [("ppl:toy", samples, ppl, ["fixed_50pc"], 1), ("toy", samples, score, ["fixed_50pc"], 2)]
+    settings = {"task": "toy"}  # what changes a result (the runner hashes it into each sample's key)
+    return [("ppl:toy", samples, ppl, ["fixed_50pc"], 1, settings), ("toy", samples, score, ["fixed_50pc"], 2, settings)]
 
 
 def _evaluate(out: Path) -> list[dict]:

@@ -226,7 +226,7 @@ def test_tokenbutler_and_quest_decode_equal_simulation(family) -> None:
     for method in ("tokenbutler", "quest"):
         policy = make_policy(SparsityConfig(method=method, budget="fixed_50pc", n_sink=2, n_window=3, page_size=4),
                              cfg, predictor)
-        sim, _ = simulated_logits(model, params, jnp.asarray(tokens), policy)
+        sim, _ = simulated_logits(model, params, jnp.asarray(tokens), *policy)  # policy: (policy, its params)
         dec = teacher_forced_decode_logits(model, params, tokens, policy)
         assert np.abs(dec - np.asarray(sim[0])).max() <= 1e-5, (family, method)
         assert np.abs(np.asarray(sim) - np.asarray(dense)).max() > 1e-3, (family, method)

@@ -20,7 +20,7 @@ def test_every_subpackage_is_listed() -> None:
     found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "butler_jax").rglob("__init__.py")}
     listed = set(PYPROJECT["tool"]["setuptools"]["packages"])
     assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages in pyproject.toml"
-    assert {"butler_jax.kernels", "butler_jax.configs", "butler_jax.cli"} <= listed
+    assert {"butler_jax.kernels", "butler_jax.configs", "butler_jax.commands"} <= listed
 
 
 def _has_build_backend() -> bool:
@@ -56,7 +56,7 @@ def test_install_holds_only_butler_jax(installed) -> None:
     for name in ("butler-generate", "butler-train", "butler-evaluate", "butler-convert"):
         assert name in scripts
     for path in ("kernels/topk_select.py", "configs/smollm2-135m.yaml", "configs/eval_default.yaml",
-                 "cli/train.py", "cli/evaluate.py", "cli/convert_torch.py",
+                 "commands/train.py", "commands/evaluate.py", "commands/convert_torch.py",
                  "assets/smollm2-135m-predictor/predictor.safetensors", "eval/data/wikitext-2-raw/wiki.test.raw"):
         assert (installed / "butler_jax" / path).is_file(), path
 
@@ -83,7 +83,7 @@ assert Path(butler_jax.__file__).is_relative_to(site) and Path(topk.__file__).is
 assert resolve_config("configs/eval_default.yaml").is_relative_to(site)
 assert load_yaml("eval_default")["model"]["source"] == "embedded"  # its `base:` include, packaged too
 assert (SHIPPED_PREDICTOR / "predictor.json").is_file() and SHIPPED_PREDICTOR.is_relative_to(site)
-from butler_jax.cli import train, evaluate, convert_torch
+from butler_jax.commands import train, evaluate, convert_torch
 print("ok")
 """
 

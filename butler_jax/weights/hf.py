@@ -56,6 +56,8 @@ _FAMILY_FIELDS = {
     "phi3": {"sliding_window", "original_max_position_embeddings", "partial_rotary_factor", "attention_bias"},
 }
 BUTLER_MODEL_TYPE = "llama_butler"  # an HF Butler model: Llama backbone + TokenButler predictor (remote code)
+# predictor settings an HF Butler config.json adds to the Llama fields (read by weights.predictor_torch)
+BUTLER_FIELDS = ("producer_frequency", "dDash", "intdim", "attn_reduce_factor", "eval_llm_mode", "token_sparse_method")
 
 
 def _refuse(family: str, field: str, value, why: str) -> CheckpointError:
@@ -324,7 +326,8 @@ def load_hf_model(source: str, dtype: str = "float32") -> tuple[ModelConfig, dic
     raw = json.loads(config_file.read_text())
     butler = raw.get("model_type") == BUTLER_MODEL_TYPE  # a Llama plus predictor tensors in layer 0's attention
     if butler:
-        raw = {**raw, "model_type": "llama", "architectures": ["LlamaForCausalLM"]}
+        raw = {**{k: v for k, v in raw.items() if k not in BUTLER_FIELDS}, "model_type": "llama",
+               "architectures": ["LlamaForCausalLM"]}
     cfg = config_from_hf(raw, dtype=dtype, source=str(source))
     state = read_state_dict_dir(directory)
     if butler:  # the predictor is read by weights.predictor_torch.read_hf_butler
