@@ -1,6 +1,6 @@
 """Train a TokenButler predictor for a frozen Llama-family model, sharded over every device.
 
-    python train.py --config configs/train_tiny.yaml [section.key=value ...] [--resume] [--debug]
+    python train.py --config configs/train_tiny.yaml [section.key=value ...] [--resume | --export] [--debug]
 
 Writes checkpoints, metrics.jsonl, TensorBoard logs, config.yaml and summary.json under
 `train.output_dir`. Multi-host: launch one process per host with JAX_COORDINATOR_ADDRESS,
@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="YAML config (see configs/train_*.yaml)")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint that restores")
+    parser.add_argument("--export", action="store_true",
+                        help="write the newest checkpoint's predictor to <output_dir>/predictor-step<N>/ and stop "
+                             "(no training; the run's settings as for --resume)")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.steps=10")
     args = add_debug_flag(parser).parse_args(argv)
 
@@ -33,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from butler_jax.train.loop import train
 
-    summary = train(cfg, resume=args.resume)
+    summary = train(cfg, resume=args.resume, export_only=args.export)
     print(json.dumps({k: summary.get(k) for k in ("steps", "loss", "accuracy", "hit_rate", "mean_tokens_per_s",
                                                    "devices", "mesh", "params_sharded", "checkpoint", "predictor")}))
     return 0

@@ -71,3 +71,24 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path) -> None:
     assert saved and saved[-1] < 5
     steps_seen, losses = _losses(tmp_path)
     assert all(np.isfinite(losses)) and steps_seen[-1] == saved[-1]
+
+
+def test_export_writes_the_newest_checkpoints_predictor(tmp_path) -> None:
+    import jax
+
+    from butler_jax.weights.flax_checkpoint import load_tree
+
+    steps = ["train.steps=8", "train.save_every=4"]
+    assert (done := _run(_cmd(tmp_path, *steps))).returncode == 0, done.stderr[-4000:]
+    changed = _run(_cmd(tmp_path, *steps, "train.learning_rate=0.5", "--export"))
+    assert changed.returncode == 2 and "train.learning_rate" in changed.stderr  # the resume checks apply
+    exported = _run(_cmd(tmp_path, *steps, "--export"))
+    assert exported.returncode == 0, exported.stderr[-4000:]
+    assert json.loads(exported.stdout.strip().splitlines()[-1])["steps"] == 8
+    final, meta_final = load_tree(tmp_path / "predictor", "predictor")
+    again, meta = load_tree(tmp_path / "predictor-step8", "predictor")
+    assert meta["train_step"] == meta_final["train_step"] == 8
+    for a, b in zip(jax.tree_util.tree_leaves(final), jax.tree_util.tree_leaves(again), strict=True):
+        np.testing.assert_array_equal(a, b)
+    _, losses = _losses(tmp_path)
+    assert len(losses) == 8  # exporting trained nothing

@@ -41,8 +41,8 @@ def _host_row(step: int, metrics: dict[str, Any], layers: tuple[int, ...], token
     return row
 
 
-def _export_predictor(params: Any, cfg: RunConfig, model_cfg: Any, directory: Path, is_main: bool) -> Path:
-    """Write the final predictor in the format `evaluate.py` loads (predictor.safetensors + .json)."""
+def _export_predictor(params: Any, cfg: RunConfig, model_cfg: Any, directory: Path, is_main: bool, step: int) -> Path:
+    """Write the predictor after `step` training steps in the format `evaluate.py` loads."""
     from butler_jax.models.predictor_io import save_predictor
 
     if jax.process_count() > 1:
@@ -50,12 +50,19 @@ def _export_predictor(params: Any, cfg: RunConfig, model_cfg: Any, directory: Pa
 
         params = process_allgather(params, tiled=True)
     if is_main:
-        save_predictor(params, cfg.predictor, model_cfg, directory)
+        save_predictor(params, cfg.predictor, model_cfg, directory, extra={"train_step": step})
     return directory
 
 
-def train(cfg: RunConfig, resume: bool = False, student_factory: StudentFactory = make_student) -> dict[str, Any]:
-    """Run (or resume) training; returns the final metrics. Writes under `train.output_dir`."""
+def train(cfg: RunConfig, resume: bool = False, student_factory: StudentFactory = make_student,
+          export_only: bool = False) -> dict[str, Any]:
+    """Run (or resume) training; returns the final metrics. Writes under `train.output_dir`.
+
+    `export_only` restores the newest checkpoint (as `resume` does, with its checks) and writes its
+    predictor to `predictor-step<N>/` without training: a run stopped before `train.steps` can be
+    evaluated. A finished run writes `predictor/`.
+    """
+    resume = resume or export_only
     tc = cfg.train
     out = Path(tc.output_dir)
     mesh = make_mesh(tc)
@@ -122,7 +129,7 @@ def train(cfg: RunConfig, resume: bool = False, student_factory: StudentFactory 
     mark, mark_step = time.perf_counter(), start
     warmup_steps = len(cfg.data.mixed_lengths) or 1
     try:
-        for step in range(start, tc.steps):
+        for step in range(start, start if export_only else tc.steps):
             tokens = put_global(data.batch(step), tokens_sharding)
             state, metrics = step_fn(state, frozen, tokens, step_key)
             first_bad = jnp.where(bad | metrics["finite"], first_bad, step + 1)
@@ -163,7 +170,11 @@ def train(cfg: RunConfig, resume: bool = False, student_factory: StudentFactory 
         ckpt.close()
         if writer is not None:
             writer.close()
-    export = _export_predictor(state.params, cfg, model_cfg, out / "predictor", is_main)
+    if export_only:
+        folder = out / f"predictor-step{start}"
+        return {"steps": start, "checkpoint": str(ckpt.directory),
+                "predictor": str(_export_predictor(state.params, cfg, model_cfg, folder, is_main, start))}
+    export = _export_predictor(state.params, cfg, model_cfg, out / "predictor", is_main, tc.steps)
     sharded = [any(s.spec) for s in jax.tree.leaves(state_shardings.params)]
     summary = dict(row, steps=tc.steps, params_sharded=f"{sum(sharded)}/{len(sharded)} leaves over fsdp", mean_tokens_per_s=timed_tokens / timed_seconds if timed_seconds else None,
                    devices=len(jax.devices()), mesh=dict(mesh.shape), checkpoint=str(ckpt.directory),
