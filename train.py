@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint that restores")
     parser.add_argument("--export", action="store_true",
                         help="write the newest checkpoint's predictor to <output_dir>/predictor-step<N>/ and stop "
-                             "(no training; the run's settings as for --resume)")
+                             "(no training, no data read; the run's settings are checked as for --resume)")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.steps=10")
     args = add_debug_flag(parser).parse_args(argv)
 
@@ -34,9 +34,11 @@ def main(argv: list[str] | None = None) -> int:
 
     maybe_initialize_distributed()  # before anything touches the devices
 
-    from butler_jax.train.loop import train
+    from butler_jax.train.loop import export_checkpoint, train
 
-    summary = train(cfg, resume=args.resume, export_only=args.export)
+    if args.export and args.resume:
+        parser.error("--export and --resume exclude each other (--export trains nothing)")
+    summary = export_checkpoint(cfg) if args.export else train(cfg, resume=args.resume)
     print(json.dumps({k: summary.get(k) for k in ("steps", "loss", "accuracy", "hit_rate", "mean_tokens_per_s",
                                                    "devices", "mesh", "params_sharded", "checkpoint", "predictor")}))
     return 0

@@ -54,15 +54,41 @@ def _export_predictor(params: Any, cfg: RunConfig, model_cfg: Any, directory: Pa
     return directory
 
 
-def train(cfg: RunConfig, resume: bool = False, student_factory: StudentFactory = make_student,
-          export_only: bool = False) -> dict[str, Any]:
-    """Run (or resume) training; returns the final metrics. Writes under `train.output_dir`.
+def _state_init(student: Any, optimizer: Any, seq_len: int):
+    """key -> the initial TrainState (predictor params and optimizer state)."""
+    def init_state(key: jax.Array) -> TrainState:
+        params = student.init(key, seq_len)
+        return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+    return init_state
 
-    `export_only` restores the newest checkpoint (as `resume` does, with its checks) and writes its
-    predictor to `predictor-step<N>/` without training: a run stopped before `train.steps` can be
-    evaluated. A finished run writes `predictor/`.
+
+def export_checkpoint(cfg: RunConfig, student_factory: StudentFactory = make_student) -> dict[str, Any]:
+    """Write the newest checkpoint's predictor to `<train.output_dir>/predictor-step<N>/` (no training).
+
+    The run's settings are checked as for a resume; the data is neither read nor compared (the
+    predictor's parameters do not depend on it once trained), so a run stopped before `train.steps`
+    can be evaluated anywhere its checkpoint travels.
     """
-    resume = resume or export_only
+    tc = cfg.train
+    mesh = make_mesh(tc)
+    model_cfg, _ = model_from_config(cfg.model)
+    init_state = _state_init(student_factory(cfg.predictor, model_cfg), make_optimizer(tc), cfg.data.seq_len)
+    init_key = jax.random.split(jax.random.PRNGKey(tc.seed))[0]
+    shape = jax.eval_shape(init_state, init_key)
+    ckpt = Checkpoints(Path(tc.output_dir) / "checkpoints", tc.save_every, tc.keep_checkpoints)
+    try:
+        state, _ = ckpt.restore_newest_good(abstract_like(shape, fsdp_shardings(shape, mesh)),
+                                            lambda saved: resume_changes(saved["config"], cfg.raw))
+    finally:
+        ckpt.close()
+    step = int(jax.device_get(state.step))
+    folder = Path(tc.output_dir) / f"predictor-step{step}"
+    _export_predictor(state.params, cfg, model_cfg, folder, jax.process_index() == 0, step)
+    return {"steps": step, "checkpoint": str(ckpt.directory), "predictor": str(folder)}
+
+
+def train(cfg: RunConfig, resume: bool = False, student_factory: StudentFactory = make_student) -> dict[str, Any]:
+    """Run (or resume) training; returns the final metrics. Writes under `train.output_dir`."""
     tc = cfg.train
     out = Path(tc.output_dir)
     mesh = make_mesh(tc)
@@ -77,10 +103,7 @@ def train(cfg: RunConfig, resume: bool = False, student_factory: StudentFactory 
     data = build_step_data(cfg.data, model_cfg)
     optimizer = make_optimizer(tc)
     init_key, step_key = jax.random.split(jax.random.PRNGKey(tc.seed))
-
-    def init_state(key: jax.Array) -> TrainState:
-        params = student.init(key, cfg.data.seq_len)
-        return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+    init_state = _state_init(student, optimizer, cfg.data.seq_len)
 
     state_shardings = fsdp_shardings(jax.eval_shape(init_state, init_key), mesh)
     frozen_shardings = (fsdp_shardings if tc.shard_frozen else replicated)(frozen_host, mesh)
@@ -129,7 +152,7 @@ def train(cfg: RunConfig, resume: bool = False, student_factory: StudentFactory 
     mark, mark_step = time.perf_counter(), start
     warmup_steps = len(cfg.data.mixed_lengths) or 1
     try:
-        for step in range(start, start if export_only else tc.steps):
+        for step in range(start, tc.steps):
             tokens = put_global(data.batch(step), tokens_sharding)
             state, metrics = step_fn(state, frozen, tokens, step_key)
             first_bad = jnp.where(bad | metrics["finite"], first_bad, step + 1)
@@ -170,10 +193,6 @@ def train(cfg: RunConfig, resume: bool = False, student_factory: StudentFactory 
         ckpt.close()
         if writer is not None:
             writer.close()
-    if export_only:
-        folder = out / f"predictor-step{start}"
-        return {"steps": start, "checkpoint": str(ckpt.directory),
-                "predictor": str(_export_predictor(state.params, cfg, model_cfg, folder, is_main, start))}
     export = _export_predictor(state.params, cfg, model_cfg, out / "predictor", is_main, tc.steps)
     sharded = [any(s.spec) for s in jax.tree.leaves(state_shardings.params)]
     summary = dict(row, steps=tc.steps, params_sharded=f"{sum(sharded)}/{len(sharded)} leaves over fsdp", mean_tokens_per_s=timed_tokens / timed_seconds if timed_seconds else None,
