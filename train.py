@@ -39,8 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.export and args.resume:
         parser.error("--export and --resume exclude each other (--export trains nothing)")
     summary = export_checkpoint(cfg) if args.export else train(cfg, resume=args.resume)
-    print(json.dumps({k: summary.get(k) for k in ("steps", "loss", "accuracy", "hit_rate", "mean_tokens_per_s",
-                                                   "devices", "mesh", "params_sharded", "checkpoint", "predictor")}))
+    keys = ("steps", "loss", "accuracy", "hit_rate", "mean_tokens_per_s", "devices", "mesh", "params_sharded",
+            "checkpoint", "predictor")
+    print(json.dumps({k: summary[k] for k in keys if k in summary}))
     return 0
 
 
