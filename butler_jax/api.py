@@ -65,7 +65,7 @@ class Model:
 
     @property
     def tokenizer(self):
-        """The source's HF tokenizer (GGUF tokenizers need torch: transformers' GGUF reader imports it)."""
+        """The source's transformers tokenizer (a byte-level BPE GGUF's, the embedded model's, needs no torch)."""
         return load_tokenizer(self.source)
 
     def policy(self, sparsity: SparsityConfig):

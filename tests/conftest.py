@@ -43,3 +43,17 @@ def smollm2_tok():
 @pytest.fixture(scope="session")
 def wikitext_test_text() -> str:
     return WIKITEXT_TEST.read_text(encoding="utf-8")
+
+
+@pytest.fixture
+def files_read(monkeypatch) -> list[str]:
+    """Names of the text files butler_jax/text_source.py opens from here on, in order."""
+    from butler_jax import text_source
+
+    names, real = [], text_source._file
+
+    def logged(path, field):
+        names.append(path.name)
+        yield from real(path, field)
+    monkeypatch.setattr(text_source, "_file", logged)
+    return names

@@ -113,13 +113,15 @@ back = read_safetensors({tmp!r} + "/bf16.safetensors")["x"]
 assert back.dtype == ml_dtypes.bfloat16 and (back.view(np.uint16) == x.view(np.uint16)).all()
 model = butler_jax.load("embedded")  # the GGUF model and the shipped predictor (safetensors)
 assert model.predictor is not None
-# "What is the capital of France?" in SmolLM2's chat template, as ids: GGUF tokenizers need torch (transformers)
-prompt = [1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407, 19712, 8182, 2,
-          198, 1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198]
-rows, _ = model.generate_tokens([prompt], method="tokenbutler", budget="sparsity=0.5", max_new_tokens=2)  # + 1 decode step
-assert len(rows[0]) == 2, rows
+from butler_jax.weights.tokenizer import apply_chat_template
+text = apply_chat_template(model.tokenizer, "What is the capital of France?")  # a GGUF tokenizer without torch
+prompt = model.tokenizer.encode(text)
+assert model.tokenizer.decode(prompt) == text and prompt[-4:] == [1, 520, 9531, 198], prompt  # <|im_start|>assistant\n
+out = model.generate("What is the capital of France?", method="tokenbutler", budget="sparsity=0.5",
+                     max_new_tokens=2)  # chat template, encode, prefill + 1 decode step, decode
+assert len(out.tokens[0]) == 2 and out.texts[0] == model.tokenizer.decode(out.tokens[0], skip_special_tokens=True)
 assert sys.modules["torch"] is None
-print("ok", rows)
+print("ok", out)
 """
 
 

@@ -107,3 +107,16 @@ def test_document_windows_with_tokenizer(smollm2_tok):
     ids = smollm2_tok.encode(text)
     assert w.inputs.shape[1] == 256 and _scored(w).tolist() == ids[1:]
     assert w.inputs[0].tolist() == ids[:256]
+
+
+def test_eval_text_prefix_reads_no_document_past_it(tmp_path, files_read):
+    """eval.ppl_windows > 0 uses a prefix of the source: a folder (or a hub stream) is read only that far."""
+    from butler_jax.eval.cli import read_text_source
+
+    for i in range(5):
+        (tmp_path / f"{i}.txt").write_text(f"document {i} " * 20)  # 220 characters each
+    whole = read_text_source(str(tmp_path))
+    assert len(files_read) == 5 and whole.count("\n\n") == 4
+    files_read.clear()
+    assert read_text_source(str(tmp_path), max_chars=300) == whole[:300] and files_read == ["0.txt", "1.txt"]
+    assert read_text_source("wikitext2-test", max_chars=50) == read_text_source("wikitext2-test")[:50]

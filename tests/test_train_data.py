@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -74,3 +75,22 @@ def test_cli_rejects_a_bad_value_before_running() -> None:
                           cwd=repo, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "train.loss_region='upper' is not allowed; choose one of ['causal', 'full']" in proc.stderr
+
+
+def test_max_tokens_caps_each_source_and_stops_reading(tmp_path, files_read) -> None:
+    from butler_jax.train.data import build_tokens
+
+    (tmp_path / "one").mkdir()
+    for name, text in [("a.txt", "abcdef"), ("b.txt", "ghij"), ("c.txt", "kl")]:
+        (tmp_path / "one" / name).write_text(text)
+    (tmp_path / "two.txt").write_text("mnopqrs")
+    eos = BYTES_MODEL.eos_token_id
+    cfg = DataConfig(sources=(str(tmp_path / "one"), str(tmp_path / "two.txt")), tokenizer="bytes", max_tokens=8)
+    np.testing.assert_array_equal(build_tokens(cfg, BYTES_MODEL), [*b"abcdef", eos, *b"gh", eos, *b"mnopqrs", eos])
+    assert files_read == ["a.txt", "b.txt", "two.txt"]  # c.txt never read: the cap was reached within b.txt
+    uncapped = build_tokens(dataclasses.replace(cfg, max_tokens=None), BYTES_MODEL)
+    assert len(uncapped) == 6 + 4 + 2 + 7 + 4
+    for bad in (0, -5):
+        with pytest.raises(ConfigError, match=f"data.max_tokens={bad} must be >= 1"):
+            DataConfig(max_tokens=bad)
+    assert from_dict(DataConfig, {"max_tokens": 1000}, "data").max_tokens == 1000

@@ -28,12 +28,19 @@ NAMED_TEXTS = {
 }
 
 
-def read_text_source(source: str) -> str:
+def read_text_source(source: str, max_chars: int | None = None) -> str:
     """Text of a named corpus (wikitext2-test / wikitext2-valid) or any butler_jax/text_source.py source
-    (file, folder, JSONL, parquet, wikitext2:<split>, hf:<name>[:config[:split]]), documents joined by a blank line."""
+    (file, folder, JSONL, parquet, wikitext2:<split>, hf:<name>[:config[:split]]), documents joined by a
+    blank line; only its first `max_chars` characters (None: all), reading no document past them."""
     if source in NAMED_TEXTS:
-        return NAMED_TEXTS[source].read_text(encoding="utf-8")
-    return "\n\n".join(read_documents(source, hf_split="test"))
+        return NAMED_TEXTS[source].read_text(encoding="utf-8")[:max_chars]
+    parts, size = [], 0
+    for doc in read_documents(source, hf_split="test"):
+        parts.append(doc)
+        size += len(doc) + 2
+        if max_chars is not None and size >= max_chars:
+            break
+    return "\n\n".join(parts)[:max_chars]
 
 
 FALLBACK_HAYSTACK = Path(__file__).resolve().parents[1] / "train" / "data" / "pg19-test-books"
@@ -63,9 +70,8 @@ def build_tasks(eval_cfg: EvalConfig, sparsity: SparsityConfig, model, params, t
     common = common or {}
     tasks: list[Task] = []
     if "perplexity" in eval_cfg.tasks:
-        text = read_text_source(eval_cfg.ppl_source)
-        if eval_cfg.ppl_windows:  # a prefix long enough for the windows asked for
-            text = text[: 40 * eval_cfg.ppl_context * eval_cfg.ppl_windows]
+        # a prefix long enough for the windows asked for (a hub source is read no further)
+        text = read_text_source(eval_cfg.ppl_source, 40 * eval_cfg.ppl_context * eval_cfg.ppl_windows or None)
         ids = np.asarray(tokenizer.encode(text))
         samples = perplexity_samples(ids, eval_cfg.ppl_context, eval_cfg.ppl_windows or len(ids))
         name = f"ppl:{Path(eval_cfg.ppl_source).stem if eval_cfg.ppl_source not in NAMED_TEXTS else eval_cfg.ppl_source}"

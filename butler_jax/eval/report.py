@@ -3,13 +3,18 @@
 Perplexity rows: exp(summed NLL / tokens) over windows, bootstrap CI over windows, and the paired
 per-window relative difference to dense (`vs_dense_*`). Score rows: mean over samples with a bootstrap
 CI. Co-reference adds a `location_inaccuracy` row; RULER adds, per (method, budget, length), the mean
-over its tasks, named "ruler mean (N of 13 tasks)" when fewer than 13 ran.
+over its tasks ("ruler mean", metric `ruler_mean`) and over each of RULER's task families that ran
+("ruler niah mean", "ruler multi-hop tracing mean", "ruler aggregation mean", "ruler qa mean", metric
+`ruler_family_mean`; families in eval/ruler_tasks.py `FAMILIES`); a mean over fewer tasks than its
+set holds, counted over all methods at that length, is named so: "ruler mean (3 of 13 tasks)",
+"ruler niah mean (2 of 8 tasks)". A method that ran fewer of them than that says "over only N tasks".
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
@@ -17,13 +22,14 @@ from typing import Any, Iterable
 import numpy as np
 
 from butler_jax.eval.palette import color
-from butler_jax.eval.stats import bootstrap_ci, paired_difference, perplexity_ci
+from butler_jax.eval.ruler_tasks import ALL_TASKS, FAMILIES
+from butler_jax.eval.stats import bootstrap_ci, mean_of_means_ci, paired_difference, perplexity_ci
 from butler_jax.sparsity.budget import parse_budget
 
-RULER_TASK_COUNT = 13
+TASK_SETS = {"all": ALL_TASKS, **FAMILIES}  # RULER's 13 tasks, and each family's
 FIELDS = ["method", "budget", "nominal_sparsity", "task", "metric", "value", "ci_low", "ci_high", "n",
           "effective_sparsity", "kept_tokens_mean", "vs_dense", "vs_dense_ci_low", "vs_dense_ci_high",
-          "oracle_recall", "ruler_tasks", "deviations"]
+          "oracle_recall", "ruler_family", "ruler_tasks", "deviations"]
 
 
 def nominal_sparsity(budget: str) -> float | None:
@@ -92,8 +98,9 @@ def summarize(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _ruler_means(groups: dict[tuple, list[dict]]) -> list[dict[str, Any]]:
-    """Per (method, budget, length): the unweighted mean of the RULER task scores, with a bootstrap CI
-    that resamples each task's samples."""
+    """Per (method, budget, length): the unweighted mean of the RULER task scores over all tasks
+    (`ruler_family` "all") and over each of RULER's task families that ran, with a bootstrap CI that
+    resamples each task's samples (see the module doc for the names)."""
     by: dict[tuple, dict[str, list[float]]] = defaultdict(dict)
     for (method, budget, task), rs in groups.items():
         if task.startswith("ruler:") and "@" in task:
@@ -103,17 +110,20 @@ def _ruler_means(groups: dict[tuple, list[dict]]) -> list[dict[str, Any]]:
     for (_, _, length), tasks in by.items():
         union[length] |= set(tasks)
     rows = []
-    rng = np.random.default_rng(0)
     for (method, budget, length), tasks in sorted(by.items()):
-        scores = [np.asarray(v) for v in tasks.values()]
-        boots = [np.mean([s[rng.integers(0, len(s), len(s))].mean() for s in scores]) for _ in range(1000)]
-        total = len(union[length])
-        label = "ruler mean" if total == RULER_TASK_COUNT else f"ruler mean ({total} of {RULER_TASK_COUNT} tasks)"
-        rs = [r for t in tasks for r in groups[(method, budget, f"ruler:{t}@{length}")]]
-        row = _base_row(method, budget, f"{label}@{length}", rs)
-        row.update(metric="ruler_mean", ruler_tasks=len(tasks), value=float(np.mean([s.mean() for s in scores])),
-                   ci_low=float(np.percentile(boots, 2.5)), ci_high=float(np.percentile(boots, 97.5)))
-        rows.append(row)
+        for family, members in TASK_SETS.items():
+            ran = {t: v for t, v in tasks.items() if t in members}
+            if not ran:
+                continue
+            total = len(union[length] & set(members))
+            label = "ruler mean" if family == "all" else f"ruler {family} mean"
+            label += "" if total == len(members) else f" ({total} of {len(members)} tasks)"
+            rs = [r for t in ran for r in groups[(method, budget, f"ruler:{t}@{length}")]]
+            row = _base_row(method, budget, f"{label}@{length}", rs)
+            value, low, high = mean_of_means_ci(list(ran.values()))
+            row.update(metric="ruler_mean" if family == "all" else "ruler_family_mean", ruler_family=family,
+                       ruler_tasks=len(ran), value=value, ci_low=low, ci_high=high)
+            rows.append(row)
     return rows
 
 
@@ -123,11 +133,19 @@ def _fmt(value: float | None, metric: str) -> str:
     return f"{value:.3f}" if metric == "perplexity" else f"{100 * value:.1f}"
 
 
+def ruler_tasks_run(row: dict[str, Any]) -> int:
+    """The number of tasks of a RULER mean row's set (all, or its family) that ran at its length over all
+    methods: N of "(N of M tasks)" in its name, else the whole set."""
+    partial = re.search(r"\((\d+) of \d+ tasks\)", row["task"])
+    if partial:
+        return int(partial.group(1))
+    return len(TASK_SETS[row["ruler_family"]])
+
+
 def cell(row: dict[str, Any]) -> str:
     """'value [low, high] (n=N)' in the row's unit (perplexity, else %)."""
     m = row["metric"]
-    only = f", over only {row['ruler_tasks']} tasks" if row.get("ruler_tasks") and row["ruler_tasks"] < int(
-        row["task"].split("(")[1].split()[0] if "(" in row["task"] else RULER_TASK_COUNT) else ""
+    only = f", over only {row['ruler_tasks']} tasks" if row.get("ruler_tasks") and row["ruler_tasks"] < ruler_tasks_run(row) else ""
     return f"{_fmt(row['value'], m)} [{_fmt(row['ci_low'], m)}, {_fmt(row['ci_high'], m)}] (n={row['n']}{only})"
 
 
@@ -154,7 +172,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
               "| method | budget | task | nominal sparsity | effective sparsity | kept tokens (mean per row) | "
               "perplexity vs dense, paired [95 % CI] |", "|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["method"] != "dense", r["method"], r["budget"], r["task"])):
-        if r["metric"] in ("location_inaccuracy", "ruler_mean"):
+        if r["metric"] in ("location_inaccuracy", "ruler_mean", "ruler_family_mean"):
             continue
         pct = lambda v: "" if v is None else f"{100 * v:.2f} %"  # noqa: E731
         kept = "not measured" if r.get("kept_tokens_mean") is None else f"{r['kept_tokens_mean']:.1f}"
@@ -220,7 +238,7 @@ def plot(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
                 labelled.add(label)
         handles, labels = ax.get_legend_handles_labels()
         handles.append(Patch(fill=False, hatch="//", edgecolor="#bbbbbb", label="not run"))
-        ticks = [t.removeprefix("ruler:").replace(" of 13 tasks", "/13") for t in tasks]
+        ticks = [re.sub(r" of (\d+) tasks", r"/\1", t.removeprefix("ruler:")) for t in tasks]
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(tasks))], ticks, rotation=30, ha="right")
         ax.set_ylim(0, 105)
         ax.set_ylabel("score (%), 95 % CI")

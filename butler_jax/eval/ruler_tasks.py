@@ -76,6 +76,11 @@ TASKS: dict[str, TaskConfig] = {t.name: t for t in [
     TaskConfig("qa_2", "qa", 32, "string_match_part", dataset="hotpotqa"),
 ]}
 ALL_TASKS: tuple[str, ...] = tuple(TASKS)
+# NVIDIA RULER's task categories: retrieval (all niah_*), multi-hop tracing, aggregation, question answering
+_FAMILY_OF_KIND = {"niah": "niah", "vt": "multi-hop tracing", "cwe": "aggregation", "fwe": "aggregation", "qa": "qa"}
+FAMILIES: dict[str, tuple[str, ...]] = {
+    family: tuple(t.name for t in TASKS.values() if _FAMILY_OF_KIND[t.kind] == family)
+    for family in dict.fromkeys(_FAMILY_OF_KIND.values())}
 
 
 def task_config(name: str) -> TaskConfig:

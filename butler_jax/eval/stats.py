@@ -26,6 +26,17 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, statistic: Callable[[np.n
     return estimate, float(np.percentile(boots, tail)), float(np.percentile(boots, 100 - tail))
 
 
+def mean_of_means_ci(groups: Sequence[Sequence[float]], seed: int = 0, n_boot: int = N_BOOT) -> tuple[float, float, float]:
+    """(estimate, low, high): the unweighted mean of the group means (e.g. of RULER's task scores, each
+    group [n_i]) and its bootstrap 95 % interval, resampling within each group."""
+    arrays = [np.asarray(g, np.float64) for g in groups]
+    rng = np.random.default_rng(seed)
+    boots = np.mean([a[rng.integers(0, len(a), size=(n_boot, len(a)))].mean(axis=1) for a in arrays], axis=0)
+    tail = 100 * (1 - LEVEL) / 2
+    return (float(np.mean([a.mean() for a in arrays])), float(np.percentile(boots, tail)),
+            float(np.percentile(boots, 100 - tail)))
+
+
 def perplexity_ci(nll_sums: Sequence[float], counts: Sequence[float], seed: int = 0) -> tuple[float, float, float]:
     """Perplexity exp(sum NLL / sum tokens) over windows and its bootstrap 95 % interval over windows."""
     rows = np.stack([np.asarray(nll_sums, np.float64), np.asarray(counts, np.float64)], axis=1)

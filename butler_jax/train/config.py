@@ -25,6 +25,8 @@ class DataConfig:
     `sources`: local files or folders (.txt / .raw / .md: one document per file; .jsonl: one per
     record; .parquet: one per row), or `hf:<name>[:<config>]` for a Hugging Face dataset
     (split `hf_split`, column `text_field`). Relative paths are resolved against the repository.
+    `max_documents` / `max_tokens` cap what is read of each source (a hub source is streamed and
+    read no further than the cap).
     `tokenizer`: "model" (the model source's tokenizer), "bytes" (UTF-8 bytes, vocab 256, for
     random test models), or a tokenizer source (directory, .gguf, hub id).
     """
@@ -40,6 +42,7 @@ class DataConfig:
     text_field: str = "text"
     hf_split: str = "train"
     max_documents: Optional[int] = None  # cap on documents read per source (None: all)
+    max_tokens: Optional[int] = None  # cap on tokens read per source, its last document cut (None: all)
     # row lengths taken in turn, each step holding batch_size * seq_len tokens (empty: seq_len only)
     mixed_lengths: tuple[int, ...] = ()
 
@@ -51,6 +54,9 @@ class DataConfig:
                 raise ConfigError(f"data.{name}={getattr(self, name)} must be >= 1")
         if self.seq_len < 2:
             raise ConfigError(f"data.seq_len={self.seq_len} must be >= 2")
+        for name in ("max_documents", "max_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"data.{name}={getattr(self, name)} must be >= 1, or null for no cap")
 
 
 @dataclasses.dataclass(frozen=True)

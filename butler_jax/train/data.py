@@ -47,11 +47,10 @@ def make_encoder(cfg: DataConfig, model: ModelConfig) -> tuple[Encoder, int | No
     return (lambda docs: tok(list(docs), add_special_tokens=False)["input_ids"]), eos
 
 
-def tokenize(docs: Sequence[str], encode: Encoder, eos: int | None) -> np.ndarray:
-    """All documents' tokens concatenated, each followed by `eos` when given -> int32 [N]."""
+def join_documents(docs: Sequence[Sequence[int]], eos: int | None) -> np.ndarray:
+    """All documents' token ids concatenated, each followed by `eos` when given -> int32 [N]."""
     sep = [] if eos is None else [eos]
-    ids = [t for doc in encode(docs) for t in (*doc, *sep)]
-    return np.asarray(ids, np.int32)
+    return np.asarray([t for doc in docs for t in (*doc, *sep)], np.int32)
 
 
 def pack(tokens: np.ndarray, seq_len: int) -> np.ndarray:
@@ -98,10 +97,12 @@ class PackedData:
 
 
 def build_tokens(cfg: DataConfig, model: ModelConfig) -> np.ndarray:
-    """Read every source, tokenise and check ids against the model's vocabulary -> int32 [N]."""
+    """Read every source (at most `data.max_tokens` tokens of each), tokenise and check ids against the
+    model's vocabulary -> int32 [N]."""
     encode, eos = make_encoder(cfg, model)
-    docs = [d for source in cfg.sources for d in read_documents(source, cfg) if d.strip()]
-    tokens = tokenize(docs, encode, eos)
+    docs = [ids for source in cfg.sources
+            for ids in text_source.take_tokens(read_documents(source, cfg), encode, cfg.max_tokens)]
+    tokens = join_documents(docs, eos)
     if len(tokens) and int(tokens.max()) >= model.vocab_size:
         raise ConfigError(f"token id {int(tokens.max())} >= model.vocab_size={model.vocab_size}; "
                           "data.tokenizer does not match the model")

@@ -132,17 +132,24 @@ def _hf_name(gguf_name: str, family: str) -> str:
     raise CheckpointError(f"unexpected GGUF tensor {gguf_name!r} for a {family} model")
 
 
+def open_gguf(path: str | Path):
+    """A `gguf.GGUFReader` of `path` (metadata and memory-mapped tensors); CheckpointError if unreadable."""
+    import gguf
+
+    if not Path(path).is_file():
+        raise CheckpointError(f"GGUF file {str(path)!r} does not exist")
+    try:
+        return gguf.GGUFReader(str(path))
+    except Exception as exc:
+        raise CheckpointError(f"could not read {str(path)!r} as GGUF: {exc}") from exc
+
+
 def read_gguf_state_dict(path: str | Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
     """(config, HF-named float32 state dict) of a GGUF file; llama's Q/K rows un-permuted."""
     import gguf
 
+    reader = open_gguf(path)
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"GGUF file {str(path)!r} does not exist")
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except Exception as exc:
-        raise CheckpointError(f"could not read {str(path)!r} as GGUF: {exc}") from exc
     tensors = {t.name: np.asarray(gguf.dequantize(t.data, t.tensor_type), dtype=np.float32) for t in reader.tensors}
     cfg = _config(reader, path, "float32", tensors)
     permuted = _field(reader, "general.architecture") == "llama"

@@ -12,6 +12,7 @@ joins them on the way out, so the model itself has one layout. Arrays are numpy;
 from __future__ import annotations
 
 import re
+from typing import Iterator
 
 import numpy as np
 
@@ -96,43 +97,44 @@ def hf_name(path: tuple[str, ...]) -> str:
     return f"model.layers.{layer}.{'.'.join(path[1:-1])}.{leaf}"
 
 
-def _fused_sizes(cfg: ModelConfig, fused: str) -> tuple[int, ...]:
+def _fused_sizes(cfg: ModelConfig, fused_name: str) -> tuple[int, ...]:
     hd = cfg.resolved_head_dim
-    if fused.startswith("self_attn"):
+    if ".self_attn." in fused_name:
         return cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd, cfg.num_key_value_heads * hd
     return cfg.intermediate_size, cfg.intermediate_size
 
 
-def unfuse(state: dict[str, np.ndarray], cfg: ModelConfig) -> dict[str, np.ndarray]:
-    """Split Phi-3's fused qkv_proj / gate_up_proj rows into the per-projection names."""
+def _fused_names(cfg: ModelConfig) -> Iterator[tuple[str, tuple[str, ...]]]:
+    """(fused HF name, its per-projection HF names, in row order) of every layer; none unless `cfg`'s
+    family stores fused tensors."""
     if cfg.family not in FUSED_FAMILIES:
-        return state
-    out = dict(state)
+        return
     for i in range(cfg.num_hidden_layers):
         for fused, parts in FUSED.items():
-            name = f"model.layers.{i}.{fused}"
-            if name not in out:
-                raise CheckpointError(f"{cfg.family} checkpoint is missing tensor {name!r}")
-            array = np.asarray(out.pop(name))
-            sizes = _fused_sizes(cfg, fused)
-            if array.ndim != 2 or array.shape[0] != sum(sizes) or array.shape[1] != cfg.hidden_size:
-                raise CheckpointError(
-                    f"tensor {name!r} has shape {tuple(array.shape)}, expected ({sum(sizes)}, {cfg.hidden_size})"
-                )
-            for part, piece in zip(parts, np.split(array, np.cumsum(sizes)[:-1], axis=0)):
-                out[f"model.layers.{i}.{part}"] = piece
+            yield f"model.layers.{i}.{fused}", tuple(f"model.layers.{i}.{part}" for part in parts)
+
+
+def unfuse(state: dict[str, np.ndarray], cfg: ModelConfig) -> dict[str, np.ndarray]:
+    """Split Phi-3's fused qkv_proj / gate_up_proj rows into the per-projection names."""
+    out = dict(state)
+    for name, parts in _fused_names(cfg):
+        if name not in out:
+            raise CheckpointError(f"{cfg.family} checkpoint is missing tensor {name!r}")
+        array = np.asarray(out.pop(name))
+        sizes = _fused_sizes(cfg, name)
+        if array.ndim != 2 or array.shape[0] != sum(sizes) or array.shape[1] != cfg.hidden_size:
+            raise CheckpointError(
+                f"tensor {name!r} has shape {tuple(array.shape)}, expected ({sum(sizes)}, {cfg.hidden_size})"
+            )
+        out.update(zip(parts, np.split(array, np.cumsum(sizes)[:-1], axis=0)))
     return out
 
 
 def fuse(state: dict[str, np.ndarray], cfg: ModelConfig) -> dict[str, np.ndarray]:
     """Inverse of `unfuse`: stack the per-projection rows into Phi-3's fused tensors."""
-    if cfg.family not in FUSED_FAMILIES:
-        return state
     out = dict(state)
-    for i in range(cfg.num_hidden_layers):
-        for fused, parts in FUSED.items():
-            pieces = [out.pop(f"model.layers.{i}.{part}") for part in parts]
-            out[f"model.layers.{i}.{fused}"] = np.ascontiguousarray(np.concatenate(pieces, axis=0))
+    for name, parts in _fused_names(cfg):
+        out[name] = np.ascontiguousarray(np.concatenate([out.pop(part) for part in parts], axis=0))
     return out
 
 
