@@ -135,8 +135,8 @@ def run_from_config(config_path: str, overrides: list[str]) -> list[dict]:
         predictor = load_predictor_for_eval(data, cfg)
         common.update(predictor=data.get("predictor"), predictor_files=files_hash(data["predictor"]["checkpoint"]))
     tasks = build_tasks(eval_cfg, sparsity, model, params, tokenizer, common)
-    print(f"evaluating {cfg.source}: methods {eval_cfg.methods}, budgets {eval_cfg.budgets}, "
-          f"tasks {[t[0] for t in tasks]} ({sum(len(t[1]) for t in tasks)} samples each) -> {eval_cfg.output_dir}")
+    plan = ", ".join(f"{name} ({len(samples)} samples at {'/'.join(budgets)})" for name, samples, _, budgets, *_ in tasks)
+    print(f"evaluating {cfg.source}: methods {eval_cfg.methods}; tasks {plan} -> {eval_cfg.output_dir}")
     reuse: dict[str, int] = {}
     rows = run_tasks(tasks, eval_cfg, sparsity, cfg, predictor, reuse)
     out = Path(eval_cfg.output_dir)
