@@ -10,6 +10,7 @@ import pytest
 
 from butler_jax.config import ModelConfig, load_yaml, section
 from butler_jax.eval.cli import build_tasks, write_results
+from butler_jax.eval.provenance import provenance
 from butler_jax.eval.config import EvalConfig
 from butler_jax.eval.report import markdown_table, summarize
 from butler_jax.eval.runner import run_tasks
@@ -59,11 +60,16 @@ def test_other_sparsity_settings_are_recomputed_and_both_kept(tiny, tmp_path):
     assert row["vs_dense_ci_low"] <= row["vs_dense"] <= row["vs_dense_ci_high"]
     assert 0.3 < row["effective_sparsity"] < 0.6 and row["kept_tokens_mean"] > 0
     assert "(n=3)" in markdown_table(second)
-    path = write_results(out, {"eval": {}}, second, reuse2, ["cfg.yaml"])
+    started = provenance()
+    path = write_results(out, {"eval": {}}, second, reuse2, ["cfg.yaml"], started)
     saved = json.loads(path.read_text())
     assert saved["provenance"]["git_commit"] and "git_dirty" in saved["provenance"]
     assert saved["provenance"]["packages"]["jax"] and saved["samples"] == reuse2
-    assert write_results(out, {}, second, reuse2, []) != path  # a second run never overwrites the first
+    assert "tree_changed_during_run" not in saved["provenance"] and saved["provenance"]["finished_utc"]
+    assert write_results(out, {}, second, reuse2, [], started) != path  # a second run never overwrites the first
+    earlier = {**started, "git_commit": "0" * 40}  # a run that started on another commit records that one
+    moved = json.loads(write_results(out, {}, second, reuse2, [], earlier).read_text())["provenance"]
+    assert moved["git_commit"] == "0" * 40 and moved["tree_changed_during_run"]["git_commit"] == started["git_commit"]
 
 
 def test_bootstrap_and_paired_difference():

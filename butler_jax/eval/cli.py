@@ -134,6 +134,7 @@ def run_from_config(config_path: str, overrides: list[str]) -> list[dict]:
 
         predictor = load_predictor_for_eval(data, cfg)
         common.update(predictor=data.get("predictor"), predictor_files=files_hash(data["predictor"]["checkpoint"]))
+    started = provenance()  # the tree that runs: a checkout changed mid-run is reported, not recorded as this
     tasks = build_tasks(eval_cfg, sparsity, model, params, tokenizer, common)
     plan = ", ".join(f"{name} ({len(samples)} samples at {'/'.join(budgets)})" for name, samples, _, budgets, *_ in tasks)
     print(f"evaluating {cfg.source}: methods {eval_cfg.methods}; tasks {plan} -> {eval_cfg.output_dir}")
@@ -143,16 +144,23 @@ def run_from_config(config_path: str, overrides: list[str]) -> list[dict]:
     print((out / "summary.md").read_text())
     print(f"samples: {reuse['computed']} computed, {reuse['reused']} reused from {out / 'samples.jsonl'} "
           "(same settings hash)")
-    result = write_results(out, data, rows, reuse, [config_path, *overrides])
+    result = write_results(out, data, rows, reuse, [config_path, *overrides], started)
     print(f"wrote {out / 'samples.jsonl'}, {out / 'summary.csv'}, {out / 'summary.md'}, {result} and plots in {out}")
     (out / "config.json").write_text(json.dumps(data, indent=1, default=str))
     return rows
 
 
-def write_results(out: Path, data: dict, rows: list[dict], reuse: dict[str, int], command: list[str]) -> Path:
-    """results_<UTC time>.json: the resolved config, provenance (commit, dirty, versions, device), the
-    reuse counts and the summary rows. Never overwrites an earlier run's file."""
-    prov = provenance()
+def write_results(out: Path, data: dict, rows: list[dict], reuse: dict[str, int], command: list[str],
+                  started: dict) -> Path:
+    """results_<UTC start time>.json: the resolved config, provenance taken when the run `started`
+    (commit, dirty, versions, device), the finish time, the reuse counts and the summary rows. A commit
+    or dirty flag that changed before the finish is kept as `tree_changed_during_run`. Never overwrites
+    an earlier run's file."""
+    now = provenance()
+    prov = {**started, "finished_utc": now["time_utc"]}
+    moved = {k: now[k] for k in ("git_commit", "git_dirty") if now[k] != started[k]}
+    if moved:
+        prov["tree_changed_during_run"] = moved
     path = out / f"results_{prov['time_utc'].replace(':', '').replace('-', '')}.json"
     n = 1
     while path.exists():
