@@ -65,6 +65,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from butler_jax.kernels._common import cdiv, next_power_of_2, resolve_implementation
+from butler_jax.kernels.bucket_select import bucket_select
 from butler_jax.kernels.hist_select import hist_select
 
 from butler_jax.kernels.select_keys import FORCED_KEY, INVALID_KEY, _HI_ALL, _MIN_SCORE_KEY
@@ -73,7 +74,7 @@ from butler_jax.kernels.select_keys import select_keys as _keys
 _RADIX_BITS = 4
 _N_THRESH = 1 << _RADIX_BITS
 _BLOCK_T = 2048
-METHODS = ("auto", "hist", "sampled", "radix")
+METHODS = ("auto", "bucket", "hist", "sampled", "radix")
 
 _SAMPLE = 4096  # sampled keys per row (guess kernel)
 _SAMPLE_CHUNK = 8  # contiguous keys per sample chunk: one 32-byte sector of f32 scores
@@ -483,6 +484,9 @@ def _radix_select(scores, lengths, k, *, n_sink, n_recent, interpret):
 def _topk_select_pallas(scores, lengths, k, n_sink, n_recent, interpret, method="auto"):
     kw = dict(n_sink=n_sink, n_recent=n_recent, interpret=interpret)
     r, t = scores.shape
+    if method == "bucket":
+        return bucket_select(scores, k, lengths, n_sink=n_sink, n_recent=n_recent,
+                             interpret=interpret)
     if method == "hist":
         return hist_select(scores, k, lengths, n_sink=n_sink, n_recent=n_recent,
                            interpret=interpret)
