@@ -40,8 +40,9 @@ ITERS = 50
 KW = dict(n_sink=4, n_recent=64)
 PALLAS = tuple(m for m in METHODS if m != "auto")
 STAGE_METHODS = tuple(m for m in PALLAS if m != "hist")
-VARIANTS = [dict(sample=1024), dict(sample=4096), dict(nb=32), dict(warps=4), dict(warps=16),
-            dict(block=1024), dict(programs=256), dict(programs=1024)]
+VARIANTS = [dict(sample=1024), dict(sample=4096), dict(nb=8), dict(nb=32), dict(warps=4),
+            dict(warps=16), dict(step=1), dict(step=3), dict(block=256), dict(block=1024),
+            dict(programs=256), dict(programs=1024)]
 
 
 def _amortised_us(fn, x: jax.Array, unroll: bool = False) -> float:
