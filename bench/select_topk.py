@@ -2,13 +2,16 @@
 `kernels.topk_select` against lax.top_k, the lax.top_k reference and the bytes floor (the scores
 read once at the read-only bandwidth of `bench.timing.read_bandwidth`), plus `score_and_select`.
 
-Each wall figure is one jitted lax.fori_loop of ITERS dependent calls (the carry writes a value
+Wall figures: one jitted lax.fori_loop of ITERS dependent calls (the carry writes a value
 derived from the last output into column 0 of the input, so nothing is hoisted), timed end to
-end and divided by ITERS; the 2-16 MB of scores stay in L2 across calls, as they do in decode
-after scoring. `--stages` adds, per method, the device time of each kernel and of the whole
-call from a profiler trace (`_kernel_us`), the loop's own cost, and plan variants of "bucket".
-Run from the repo root: `python -m bench.select_topk [--stages]` (writes select[_stages].md /
-.json under $OUT or .). COMMIT in the environment names the tree's commit where .git is absent.
+end and divided by ITERS ("loop"); the same loop unrolled ("unrolled": no while-loop
+machinery between calls, which costs ~12 us an iteration on the H200, see `bench_loop`). The
+2-16 MB of scores stay in L2 across calls, as they do in decode after scoring. "device": the
+sum of the GPU kernels' durations per call from a profiler trace (`_kernel_us`; no launch
+gaps). `--stages` times the loop alone and plan variants of "bucket" (each row's fast path).
+Run from the repo root: `python -m bench.select_topk [--stages]` (writes select.md / .json or
+select_stages.json(l) under $OUT or .). COMMIT in the environment names the tree's commit where
+.git is absent.
 """
 
 from __future__ import annotations
@@ -39,10 +42,7 @@ T = 131072
 ITERS = 50
 KW = dict(n_sink=4, n_recent=64)
 PALLAS = tuple(m for m in METHODS if m != "auto")
-STAGE_METHODS = tuple(m for m in PALLAS if m != "hist")
-VARIANTS = [dict(sample=1024), dict(sample=4096), dict(nb=8), dict(nb=32), dict(warps=4),
-            dict(warps=16), dict(step=1), dict(step=3), dict(block=256), dict(block=1024),
-            dict(programs=256), dict(programs=1024)]
+VARIANTS = [dict(programs=256), dict(warps=4), dict(nb=8)]
 
 
 def _amortised_us(fn, x: jax.Array, unroll: bool = False) -> float:
@@ -105,10 +105,15 @@ def bench_select(rows: int, dtype, read_bw: float) -> dict:
     scores, lengths, want = _inputs(rows, dtype)
     res = {"rows": rows, "T": T, "dtype": jnp.dtype(dtype).name, "k": K,
            "floor_us": rows * T * jnp.dtype(dtype).itemsize / read_bw * 1e6}
-    for m in PALLAS:
+    for m in PALLAS if dtype == jnp.float32 else ("bucket",):  # the earlier kernels: f32 only
         fn = _method_fn(m, lengths)
         res[f"{m}_us"] = _try(_amortised_us, lambda s: fn(s)[0], scores)
         res[f"{m}_exact"] = _try(lambda: _same(fn(scores), want))
+        kernels = _try(_kernel_us, fn, scores)
+        res[f"{m}_kernels_us"] = kernels
+        res[f"{m}_device_us"] = sum(kernels.values()) if isinstance(kernels, dict) else kernels
+    fn = _method_fn("bucket", lengths)
+    res["bucket_unrolled_us"] = _try(_amortised_us, lambda s: fn(s)[0], scores, True)
     ref = jax.jit(lambda s: topk_select(s, K, lengths, implementation="xla", **KW))
     res["xla_reference_us"] = _amortised_us(lambda s: ref(s)[0], scores)
     res["lax_top_k_us"] = _amortised_us(lambda s: jax.lax.top_k(s, K)[1], scores)
@@ -124,27 +129,13 @@ def _log(path: Path, obj: dict) -> None:
         fh.write(line + "\n")
 
 
-def bench_stages(rows: int, dtype, methods, deadline: float, log: Path) -> dict:
-    """Per method: wall us (the loop), device us per kernel and per call (trace), exactness."""
-    scores, lengths, want = _inputs(rows, dtype)
-    res = {"rows": rows, "dtype": jnp.dtype(dtype).name, "methods": {}}
-    for m in methods:
-        if time.time() > deadline:
-            break
-        fn = _method_fn(m, lengths)
-        res["methods"][m] = {"wall_us": _try(_amortised_us, lambda s: fn(s)[0], scores),
-                             "exact": _try(lambda: _same(fn(scores), want)),
-                             "kernels_us": _try(_kernel_us, fn, scores)}
-        _log(log, {"rows": rows, "dtype": res["dtype"], m: res["methods"][m]})
-    return res
-
-
 def bench_variants(rows: int, dtype, deadline: float, log: Path) -> list[dict]:
     """bucket plan variants: wall us, exactness, whether every row took the fast path."""
     scores, lengths, want = _inputs(rows, dtype)
     out = []
     for ov in [{}] + VARIANTS:
         if time.time() > deadline:
+            print(f"skipped variants from {ov} on: past the time budget", flush=True)
             break
         plan = bucket_plan(rows, T, K, **ov)
         fn = jax.jit(lambda s, plan=plan: bucket_select_paths(s, lengths, K, KW["n_sink"],
@@ -153,8 +144,6 @@ def bench_variants(rows: int, dtype, deadline: float, log: Path) -> list[dict]:
              "wall_us": _try(_amortised_us, lambda s: fn(s)[0], scores),
              "exact": _try(lambda: _same(fn(scores)[:2], want)),
              "fast_rows": _try(lambda: int(np.asarray(fn(scores)[2]).sum()))}
-        if not ov:
-            r["wall_unrolled_us"] = _try(_amortised_us, lambda s: fn(s)[0], scores, True)
         _log(log, r)
         out.append(r)
     return out
@@ -188,8 +177,9 @@ def bench_score_select(s: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--stages", action="store_true", help="per-kernel profile and plan variants")
-    ap.add_argument("--budget-s", type=float, default=130.0, help="skip what starts after this")
+    ap.add_argument("--stages", action="store_true", help="loop cost and bucket plan variants")
+    ap.add_argument("--budget-s", type=float, default=130.0,
+                    help="variants and score_and_select start only within this many seconds")
     args = ap.parse_args()
     deadline = time.time() + args.budget_s
     out = Path(os.environ.get("OUT", "."))
@@ -201,16 +191,14 @@ def main() -> None:
     meta = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "commit": commit,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": command, "k": K, "T": T, "iters": ITERS}
+    loop = [bench_loop(r) for r in (8, 32)]
+    print(json.dumps(loop), flush=True)
     if args.stages:
         log = out / "select_stages.jsonl"
-        res = {**meta, "loop": [bench_loop(r) for r in (8, 32)]}
-        print(json.dumps(res["loop"]), flush=True)
-        res["stages"] = [bench_stages(r, dt, STAGE_METHODS if dt == jnp.float32 else ("bucket",),
-                                      deadline, log)
-                         for r in (8, 32) for dt in (jnp.float32, jnp.bfloat16)]
-        res["variants"] = [v for r in (8, 32) for v in bench_variants(r, jnp.float32, deadline,
-                                                                      log)]
-        (out / "select_stages.json").write_text(json.dumps(res, indent=1))
+        var = [v for r in (8, 32) for dt in (jnp.float32, jnp.bfloat16)
+               for v in bench_variants(r, dt, deadline, log)]
+        (out / "select_stages.json").write_text(json.dumps({**meta, "loop": loop,
+                                                             "variants": var}, indent=1))
         return
     read_bw, copy_bw = read_bandwidth(), copy_bandwidth()
     print(f"read {read_bw / 1e12:.2f} TB/s, copy {copy_bw / 1e12:.2f} TB/s", flush=True)
@@ -221,37 +209,58 @@ def main() -> None:
             r = bench_select(rows, dtype, read_bw)
             print(json.dumps(r), flush=True)
             sel.append(r)
+    var = [v for r in (8, 32) for v in bench_variants(r, jnp.float32, deadline, out / "v.jsonl")]
     ss = []
     for s in (8, 32):
-        r = bench_score_select(s)
-        print(json.dumps(r), flush=True)
-        ss.append(r)
-    text = _markdown(meta, sel, ss)
+        if time.time() < deadline:
+            ss.append(bench_score_select(s))
+            print(json.dumps(ss[-1]), flush=True)
+    text = _markdown(meta, loop, sel, var, ss)
     print(text)
     (out / "select.md").write_text(text)
-    (out / "select.json").write_text(json.dumps({**meta, "select": sel, "score_select": ss},
-                                                indent=1))
+    (out / "select.json").write_text(json.dumps(
+        {**meta, "loop": loop, "select": sel, "variants": var, "score_select": ss}, indent=1))
 
 
-def _markdown(meta: dict, sel: list[dict], ss: list[dict]) -> str:
+def _markdown(meta: dict, loop: list[dict], sel: list[dict], var: list[dict],
+              ss: list[dict]) -> str:
     def f(x) -> str:
         return f"{x:.1f}" if isinstance(x, float) else str(x)
 
     lines = [f"# Token selection, k={K} of T={T} ({meta['device']}, jax {meta['jax']}, "
              f"{meta['date']}, commit {meta['commit']})", "",
-             f"Command: `{meta['command']}`; us per call, {ITERS} dependent calls in one jit; "
-             f"n_sink=4, n_recent=64. Floor: the scores read once at the read bandwidth "
+             f"Command: `{meta['command']}`; us per call; loop = {ITERS} dependent calls in one "
+             f"jitted fori_loop, unrolled = the same loop unrolled, device = the sum of the "
+             f"call's GPU kernel durations (profiler trace, no launch gaps); n_sink=4, "
+             f"n_recent=64. Floor: the scores read once at the read bandwidth "
              f"{meta['read_bandwidth_TBps']:.2f} TB/s (copy {meta['copy_bandwidth_TBps']:.2f} "
-             f"TB/s read+write).", "",
-             "| rows | dtype | floor | " + " | ".join(PALLAS) + " | xla reference | lax.top_k "
-             f"| exact ({' / '.join(PALLAS)}) |", "|---|---|---:|" + "---:|" * (len(PALLAS) + 2)
+             f"TB/s read+write). The loop alone (a body that only updates the carry) costs "
+             + ", ".join(f"{f(r['loop_us'])} us ({r['rows']} rows; unrolled "
+                         f"{f(r['loop_unrolled_us'])})" for r in loop) + ".", "",
+             "| rows | dtype | floor | bucket unrolled | " + " | ".join(
+                 f"{m} loop / device" for m in PALLAS) + " | xla reference | lax.top_k "
+             f"| exact ({' / '.join(PALLAS)}) |", "|---|---|---:|---:|" + "---:|" * (len(PALLAS) + 2)
              + "---|"]
     for r in sel:
         lines.append(f"| {r['rows']} | {r['dtype']} | {f(r['floor_us'])} | "
-                     + " | ".join(f(r[f'{m}_us']) for m in PALLAS)
+                     f"{f(r['bucket_unrolled_us'])} | " + " | ".join(
+                         f"{f(r.get(f'{m}_us', '-'))} / {f(r.get(f'{m}_device_us', '-'))}"
+                         for m in PALLAS)
                      + f" | {f(r['xla_reference_us'])} | {f(r['lax_top_k_us'])} | "
-                     + " / ".join(str(r[f'{m}_exact']) for m in PALLAS) + " |")
-    lines += ["", "score_and_select, B=1, T=131072, d'=16 bf16 keys (us):", "",
+                     + " / ".join(str(r.get(f'{m}_exact', '-')) for m in PALLAS) + " |")
+    lines += ["", "Device time per kernel (us per call, profiler trace):", ""]
+    for r in sel:
+        for m in PALLAS:
+            ks = r.get(f"{m}_kernels_us")
+            if isinstance(ks, dict):
+                top = ", ".join(f"{n.split(': ')[-1]} {v:.1f}" for n, v in list(ks.items())[:6])
+                lines.append(f"- {r['rows']} rows {r['dtype']} {m}: {top}")
+    lines += ["", "bucket plan variants (loop us, exact, rows on the fast path):", "",
+              "| rows | dtype | variant | loop us | exact | fast rows |", "|---|---|---|---:|---|---:|"]
+    for v in var:
+        lines.append(f"| {v['rows']} | {v['dtype']} | {v['variant'] or 'default'} | "
+                     f"{f(v['wall_us'])} | {v['exact']} | {v['fast_rows']} |")
+    lines += ["", "score_and_select, B=1, T=131072, d'=16 bf16 keys (us, loop):", "",
               "| heads | keys MB | Pallas scorer | select alone | score_and_select |",
               "|---|---:|---:|---:|---:|"]
     for r in ss:
