@@ -8,9 +8,10 @@ end and divided by ITERS ("loop"); the same loop unrolled ("unrolled": no while-
 machinery between calls, which costs ~12 us an iteration on the H200, see `bench_loop`). The
 2-16 MB of scores stay in L2 across calls, as they do in decode after scoring. "device": the
 sum of the GPU kernels' durations per call from a profiler trace (`_kernel_us`; no launch
-gaps). `--stages` times the loop alone and plan variants of "bucket" (each row's fast path).
+gaps). `--stages` skips the bandwidths, references and score_and_select: the loop's cost and
+every method's per-kernel device time on f32 and bf16 (the earlier kernels' bf16 rows too).
 Run from the repo root: `python -m bench.select_topk [--stages]` (writes select.md / .json or
-select_stages.json(l) under $OUT or .). COMMIT in the environment names the tree's commit where
+select_stages.json under $OUT or .). COMMIT in the environment names the tree's commit where
 .git is absent.
 """
 
@@ -33,7 +34,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from bench.timing import best_seconds, copy_bandwidth, read_bandwidth
-from butler_jax.kernels.bucket_select import bucket_plan, bucket_select_paths
 from butler_jax.kernels.score_select import importance_scores, score_and_select
 from butler_jax.kernels.topk_select import METHODS, topk_select
 
@@ -42,7 +42,7 @@ T = 131072
 ITERS = 50
 KW = dict(n_sink=4, n_recent=64)
 PALLAS = tuple(m for m in METHODS if m != "auto")
-VARIANTS = [dict(programs=256), dict(warps=4), dict(nb=8)]
+SHOWN = ("auto",) + PALLAS  # columns of the table
 
 
 def _amortised_us(fn, x: jax.Array, unroll: bool = False) -> float:
@@ -101,52 +101,27 @@ def _method_fn(method: str, lengths):
                                          **KW))
 
 
-def bench_select(rows: int, dtype, read_bw: float) -> dict:
+def bench_select(rows: int, dtype, read_bw: float | None, methods=PALLAS) -> dict:
+    """Per method: loop us, device us (per kernel and summed), exactness; "auto" unrolled; with
+    read_bw the floor, the XLA reference and lax.top_k."""
     scores, lengths, want = _inputs(rows, dtype)
-    res = {"rows": rows, "T": T, "dtype": jnp.dtype(dtype).name, "k": K,
-           "floor_us": rows * T * jnp.dtype(dtype).itemsize / read_bw * 1e6}
-    for m in PALLAS if dtype == jnp.float32 else ("bucket",):  # the earlier kernels: f32 only
+    res = {"rows": rows, "T": T, "dtype": jnp.dtype(dtype).name, "k": K}
+    for m in methods:
         fn = _method_fn(m, lengths)
         res[f"{m}_us"] = _try(_amortised_us, lambda s: fn(s)[0], scores)
         res[f"{m}_exact"] = _try(lambda: _same(fn(scores), want))
         kernels = _try(_kernel_us, fn, scores)
         res[f"{m}_kernels_us"] = kernels
         res[f"{m}_device_us"] = sum(kernels.values()) if isinstance(kernels, dict) else kernels
-    fn = _method_fn("bucket", lengths)
-    res["bucket_unrolled_us"] = _try(_amortised_us, lambda s: fn(s)[0], scores, True)
+    fn = _method_fn("auto", lengths)
+    res["auto_unrolled_us"] = _try(_amortised_us, lambda s: fn(s)[0], scores, True)
+    if read_bw is None:
+        return res
+    res["floor_us"] = rows * T * jnp.dtype(dtype).itemsize / read_bw * 1e6
     ref = jax.jit(lambda s: topk_select(s, K, lengths, implementation="xla", **KW))
     res["xla_reference_us"] = _amortised_us(lambda s: ref(s)[0], scores)
     res["lax_top_k_us"] = _amortised_us(lambda s: jax.lax.top_k(s, K)[1], scores)
-    res["bucket_plan"] = bucket_plan(rows, T, K)._asdict()
     return res
-
-
-def _log(path: Path, obj: dict) -> None:
-    """Print obj as one JSON line and append it to path (kept if the run is cut short)."""
-    line = json.dumps(obj)
-    print(line, flush=True)
-    with path.open("a") as fh:
-        fh.write(line + "\n")
-
-
-def bench_variants(rows: int, dtype, deadline: float, log: Path) -> list[dict]:
-    """bucket plan variants: wall us, exactness, whether every row took the fast path."""
-    scores, lengths, want = _inputs(rows, dtype)
-    out = []
-    for ov in [{}] + VARIANTS:
-        if time.time() > deadline:
-            print(f"skipped variants from {ov} on: past the time budget", flush=True)
-            break
-        plan = bucket_plan(rows, T, K, **ov)
-        fn = jax.jit(lambda s, plan=plan: bucket_select_paths(s, lengths, K, KW["n_sink"],
-                                                              KW["n_recent"], False, plan))
-        r = {"rows": rows, "dtype": jnp.dtype(dtype).name, "variant": ov, "plan": plan._asdict(),
-             "wall_us": _try(_amortised_us, lambda s: fn(s)[0], scores),
-             "exact": _try(lambda: _same(fn(scores)[:2], want)),
-             "fast_rows": _try(lambda: int(np.asarray(fn(scores)[2]).sum()))}
-        _log(log, r)
-        out.append(r)
-    return out
 
 
 def bench_loop(rows: int) -> dict:
@@ -177,9 +152,9 @@ def bench_score_select(s: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--stages", action="store_true", help="loop cost and bucket plan variants")
+    ap.add_argument("--stages", action="store_true", help="loop cost and per-kernel times only")
     ap.add_argument("--budget-s", type=float, default=130.0,
-                    help="variants and score_and_select start only within this many seconds")
+                    help="score_and_select starts only within this many seconds")
     args = ap.parse_args()
     deadline = time.time() + args.budget_s
     out = Path(os.environ.get("OUT", "."))
@@ -194,11 +169,11 @@ def main() -> None:
     loop = [bench_loop(r) for r in (8, 32)]
     print(json.dumps(loop), flush=True)
     if args.stages:
-        log = out / "select_stages.jsonl"
-        var = [v for r in (8, 32) for dt in (jnp.float32, jnp.bfloat16)
-               for v in bench_variants(r, dt, deadline, log)]
-        (out / "select_stages.json").write_text(json.dumps({**meta, "loop": loop,
-                                                             "variants": var}, indent=1))
+        st = [bench_select(r, dt, None, SHOWN) for r in (8, 32)
+              for dt in (jnp.float32, jnp.bfloat16)]
+        print(json.dumps(st, indent=1))
+        (out / "select_stages.json").write_text(json.dumps({**meta, "loop": loop, "stages": st},
+                                                           indent=1))
         return
     read_bw, copy_bw = read_bandwidth(), copy_bandwidth()
     print(f"read {read_bw / 1e12:.2f} TB/s, copy {copy_bw / 1e12:.2f} TB/s", flush=True)
@@ -206,24 +181,23 @@ def main() -> None:
     sel = []
     for rows in (8, 32):
         for dtype in (jnp.float32, jnp.bfloat16):
-            r = bench_select(rows, dtype, read_bw)
+            r = bench_select(rows, dtype, read_bw,  # sampled / radix on bf16: --stages
+                             ("auto",) + PALLAS if dtype == jnp.float32 else ("auto",))
             print(json.dumps(r), flush=True)
             sel.append(r)
-    var = [v for r in (8, 32) for v in bench_variants(r, jnp.float32, deadline, out / "v.jsonl")]
     ss = []
     for s in (8, 32):
         if time.time() < deadline:
             ss.append(bench_score_select(s))
             print(json.dumps(ss[-1]), flush=True)
-    text = _markdown(meta, loop, sel, var, ss)
+    text = _markdown(meta, loop, sel, ss)
     print(text)
     (out / "select.md").write_text(text)
     (out / "select.json").write_text(json.dumps(
-        {**meta, "loop": loop, "select": sel, "variants": var, "score_select": ss}, indent=1))
+        {**meta, "loop": loop, "select": sel, "score_select": ss}, indent=1))
 
 
-def _markdown(meta: dict, loop: list[dict], sel: list[dict], var: list[dict],
-              ss: list[dict]) -> str:
+def _markdown(meta: dict, loop: list[dict], sel: list[dict], ss: list[dict]) -> str:
     def f(x) -> str:
         return f"{x:.1f}" if isinstance(x, float) else str(x)
 
@@ -237,29 +211,24 @@ def _markdown(meta: dict, loop: list[dict], sel: list[dict], var: list[dict],
              f"TB/s read+write). The loop alone (a body that only updates the carry) costs "
              + ", ".join(f"{f(r['loop_us'])} us ({r['rows']} rows; unrolled "
                          f"{f(r['loop_unrolled_us'])})" for r in loop) + ".", "",
-             "| rows | dtype | floor | bucket unrolled | " + " | ".join(
-                 f"{m} loop / device" for m in PALLAS) + " | xla reference | lax.top_k "
-             f"| exact ({' / '.join(PALLAS)}) |", "|---|---|---:|---:|" + "---:|" * (len(PALLAS) + 2)
+             "| rows | dtype | floor | auto unrolled | " + " | ".join(
+                 f"{m} loop / device" for m in SHOWN) + " | xla reference | lax.top_k "
+             f"| exact ({' / '.join(SHOWN)}) |", "|---|---|---:|---:|" + "---:|" * (len(SHOWN) + 2)
              + "---|"]
     for r in sel:
         lines.append(f"| {r['rows']} | {r['dtype']} | {f(r['floor_us'])} | "
-                     f"{f(r['bucket_unrolled_us'])} | " + " | ".join(
+                     f"{f(r['auto_unrolled_us'])} | " + " | ".join(
                          f"{f(r.get(f'{m}_us', '-'))} / {f(r.get(f'{m}_device_us', '-'))}"
-                         for m in PALLAS)
+                         for m in SHOWN)
                      + f" | {f(r['xla_reference_us'])} | {f(r['lax_top_k_us'])} | "
-                     + " / ".join(str(r.get(f'{m}_exact', '-')) for m in PALLAS) + " |")
+                     + " / ".join(str(r.get(f'{m}_exact', '-')) for m in SHOWN) + " |")
     lines += ["", "Device time per kernel (us per call, profiler trace):", ""]
     for r in sel:
-        for m in PALLAS:
+        for m in SHOWN:
             ks = r.get(f"{m}_kernels_us")
             if isinstance(ks, dict):
                 top = ", ".join(f"{n.split(': ')[-1]} {v:.1f}" for n, v in list(ks.items())[:6])
                 lines.append(f"- {r['rows']} rows {r['dtype']} {m}: {top}")
-    lines += ["", "bucket plan variants (loop us, exact, rows on the fast path):", "",
-              "| rows | dtype | variant | loop us | exact | fast rows |", "|---|---|---|---:|---|---:|"]
-    for v in var:
-        lines.append(f"| {v['rows']} | {v['dtype']} | {v['variant'] or 'default'} | "
-                     f"{f(v['wall_us'])} | {v['exact']} | {v['fast_rows']} |")
     lines += ["", "score_and_select, B=1, T=131072, d'=16 bf16 keys (us, loop):", "",
               "| heads | keys MB | Pallas scorer | select alone | score_and_select |",
               "|---|---:|---:|---:|---:|"]

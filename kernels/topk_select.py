@@ -1,7 +1,6 @@
-"""Exact per-row top-K token selection with sinks and a recent window: the public API
-(`topk_select`, its lax.top_k reference), the bucketed bracket select of `kernels.bucket_select`
-("auto", the default, and method="bucket"), and the earlier sampled bracket select (radix
-fallback) and 16-way radix select.
+"""Exact per-row top-K token selection with sinks and a recent window: the sampled bracket select
+(radix fallback) and the 16-way radix select ("auto", the default, takes the faster by dtype and
+row count), and their lax.top_k reference.
 
 Every score maps to an order-preserving int32 key (f32 bits, negatives flipped); forced tokens
 (sinks [0, n_sink) and the window [length - n_recent, length)) get FORCED_KEY, above every score
@@ -44,10 +43,10 @@ Radix select (method="radix", and the sampled path's fallback):
 2. Compaction (Pallas, one more read): per-block counts (one fused XLA read) give each block
    its slot and tie offsets, and each block scatters its indices by an in-block cumsum.
 
-H200, 2026-12-02 before the bucket select (bench/results/select_h200.md): 8 x 131072 f32
-sampled 86.9 us, radix 79.3; 32 rows 109.5 / 164.2; lax.top_k 211 / 961. Per kernel (profiler
-trace, 8 rows f32): sampled guess 32.7, threshold 17.6, emit 8.2, bracket 7.5; radix: its 8 count
-passes 36.3 in all, the XLA glue between them ~35.
+H200, 2026-12-02 at 76077e2 (bench/results/select_h200.md), 8 x 131072 f32: sampled 72.1 us
+(device 56.2: guess 20.8, threshold 14.6, emit 8.3, bracket 7.5; the radix search compares one
+scalar threshold a count, which cut guess / threshold from 32.7 / 17.6), radix 79.3 (its 8 count
+passes 36.1 in all, the XLA glue between them ~35); 32 rows 94.4 / 166.5; lax.top_k 215 / 973.
 H100, 32 x 131072, K=8192 (bench/results/select_h100.md): sampled 106 us f32 / 90 us bf16,
 radix 170 / 107 us, lax.top_k 994 / 614 us; 8 rows: radix 87 / 53 us.
 
@@ -68,8 +67,6 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from butler_jax.kernels._common import cdiv, next_power_of_2, resolve_implementation
-from butler_jax.kernels.bucket_select import bucket_select
-from butler_jax.kernels.bucket_select import search_keys as _search
 
 from butler_jax.kernels.select_keys import FORCED_KEY, INVALID_KEY, _HI_ALL, _MIN_SCORE_KEY
 from butler_jax.kernels.select_keys import check_select_args as _check
@@ -77,7 +74,7 @@ from butler_jax.kernels.select_keys import select_keys as _keys
 _RADIX_BITS = 4
 _N_THRESH = 1 << _RADIX_BITS
 _BLOCK_T = 2048
-METHODS = ("auto", "bucket", "sampled", "radix")
+METHODS = ("auto", "sampled", "radix")
 
 _SAMPLE = 4096  # sampled keys per row (guess kernel)
 _SAMPLE_CHUNK = 8  # contiguous keys per sample chunk: one 32-byte sector of f32 scores
@@ -85,8 +82,12 @@ _SIGMAS = 4.5  # bracket margin in binomial standard deviations of the sample ra
 _SLACK = 4  # ... plus this many sample ranks
 _GUESS_BITS = 20  # key bits the guess resolves for f32 (bf16 keys have 16)
 _SEGMENTS = 16  # target segments per row: programs per row of the bracket and emit passes
-_STEP_BITS = 1  # key bits per in-register search iteration (`bucket_select._digit_search`)
+_STEP_BITS = 1  # key bits per in-register search iteration (`_digit_search`)
 _MIN_SAMPLED_T = 256  # shorter rows go straight to the radix path
+# "auto" takes the sampled path, except bf16 below this many rows (radix): H200 2026-12-02 at
+# 76077e2 (bench/results/select_h200.md), f32: 8 rows sampled 72.1 us, radix 79.3; 32 rows 94.4 /
+# 166.5; bf16 (2026-11-26, before the scalar search) radix 58.3 us at 8 rows, 109.7 at 32.
+_MIN_SAMPLED_ROWS_BF16 = 16
 
 
 class _Plan(NamedTuple):
@@ -135,15 +136,92 @@ def _plan(t: int, k: int, **overrides) -> _Plan:
 # ----------------------------------------------------------------------------- sampled bracket
 
 
-def _guess_kernel(s_ref, len_ref, o_ref, *, t, k, plan, low_bit, n_sink, n_recent):
-    """One row: the bracket [lo, hi) from a stratified sample -> o_ref [1, 2] = (hi, lo)."""
-    length = len_ref[0, 0]
-    n = jnp.minimum(length, t)
+def _digit_search(count_ge, ks, nbits, low_bit: int, step: int):
+    """Radix search for the k-th largest values, `step` (1 or 2) bits per iteration.
+
+    count_ge(x): x uint32 scalar -> int32 scalar, the number of values u >= x (u are uint32
+    offsets from a base; u = 0 never counts). ks: targets (int32 scalars >= 1); the search
+    covers x < 2**nbits (nbits <= 32, may be traced) whose `low_bit` lowest bits are zero.
+    Returns, for each k, the largest such x with >= k values u >= x (0 when there is none).
+    Each count compares the values with one scalar: no broadcast to a larger tensor, whose
+    layout conversion made the [2**step, ...] form slower on the H200 (guess kernel 32.7 -> 20.8 us).
+    """
+    n_iter = jnp.maximum((nbits - low_bit + step - 1) // step, 0)
+    top = low_bit + (n_iter - 1) * step
+
+    def body(it, prefixes):
+        shift = (top - it * step).astype(jnp.uint32)
+        out = []
+        for p, k in zip(prefixes, ks):
+            digit = jnp.uint32(0)
+            for d in range(1, 1 << step):  # counts fall with d: the digit is #d with count >= k
+                digit = digit + (count_ge(p | (jnp.uint32(d) << shift)) >= k).astype(jnp.uint32)
+            out.append(p | (digit << shift))
+        return tuple(out)
+
+    return jax.lax.fori_loop(0, n_iter, body, tuple(jnp.uint32(0) for _ in ks))
+
+
+def search_keys(keys, ks, base, nbits, low_bit: int, step: int):
+    """k-th largest keys of a register-resident array by `_digit_search`.
+
+    keys: int32 array (any shape; keys < base never count); ks: targets (int32 scalars >= 1);
+    the search covers v = base + x for x < 2**nbits whose `low_bit` lowest bits are zero.
+    Returns, for each k, the largest such v with at least k keys >= v (base when there is none).
+    """
+    xs = _digit_search(_count_registers(_offsets(keys, base)), ks, nbits, low_bit, step)
+    return [base + jax.lax.bitcast_convert_type(x, jnp.int32) for x in xs]
+
+
+def _offsets(keys, base, top=None):
+    """uint32 offsets key - base of the keys in [base, top) (0 for the others)."""
+    inside = keys >= base if top is None else (keys >= base) & (keys < top)
+    return jnp.where(inside, jax.lax.bitcast_convert_type(keys - base, jnp.uint32), jnp.uint32(0))
+
+
+def _search(keys, ks, base, nbits, low_bit: int, step: int):
+    """k-th largest keys of a register-resident array by `_digit_search`.
+
+    keys: int32 array (any shape; keys < base never count); ks: targets (int32 scalars >= 1);
+    the search covers v = base + x for x < 2**nbits whose `low_bit` lowest bits are zero.
+    Returns, for each k, the largest such v with at least k keys >= v (base when there is none).
+    """
+    xs = _digit_search(_count_registers(_offsets(keys, base)), ks, nbits, low_bit, step)
+    return [base + jax.lax.bitcast_convert_type(x, jnp.int32) for x in xs]
+
+
+def _offsets(keys, base, top=None):
+    """uint32 offsets key - base of the keys in [base, top) (0 for the others)."""
+    inside = keys >= base if top is None else (keys >= base) & (keys < top)
+    return jnp.where(inside, jax.lax.bitcast_convert_type(keys - base, jnp.uint32), jnp.uint32(0))
+
+
+def _count_registers(u):
+    """count_ge of `_digit_search` over a register-resident array u (any shape)."""
+    def count(x):
+        cnt = (u >= x).astype(jnp.int32)
+        while cnt.ndim:  # one axis at a time (Triton reduces one axis per op)
+            cnt = jnp.sum(cnt, axis=-1)
+        return cnt
+    return count
+
+
+def sample_positions(n, plan: _Plan):
+    """Token positions [sample / chunk, chunk] of the guess kernel's sample of a row with n valid
+    tokens: `chunk` contiguous tokens at evenly spaced starts (all tokens when n <= sample);
+    positions >= n are not sampled."""
     nch = plan.sample // plan.chunk
     c = jnp.arange(nch, dtype=jnp.int32)[:, None]
     j = jnp.arange(plan.chunk, dtype=jnp.int32)[None, :]
     start = c * (n // nch) + (c * (n % nch)) // nch  # evenly spaced; no int32 overflow
-    pos = jnp.where(n > plan.sample, start - start % plan.chunk + j, c * plan.chunk + j)
+    return jnp.where(n > plan.sample, start - start % plan.chunk + j, c * plan.chunk + j)
+
+
+def _guess_kernel(s_ref, len_ref, o_ref, *, t, k, plan, low_bit, n_sink, n_recent):
+    """One row: the bracket [lo, hi) from a stratified sample -> o_ref [1, 2] = (hi, lo)."""
+    length = len_ref[0, 0]
+    n = jnp.minimum(length, t)
+    pos = sample_positions(n, plan)
     inside = pos < n
     pos = jnp.where(inside, pos, 0)
     x = plgpu.load(s_ref.at[pos], mask=inside, other=0)
@@ -450,11 +528,9 @@ def _radix_select(scores, lengths, k, *, n_sink, n_recent, interpret):
 @functools.partial(jax.jit, static_argnames=("k", "n_sink", "n_recent", "interpret", "method"))
 def _topk_select_pallas(scores, lengths, k, n_sink, n_recent, interpret, method="auto"):
     kw = dict(n_sink=n_sink, n_recent=n_recent, interpret=interpret)
-    t = scores.shape[1]
-    if method in ("auto", "bucket"):
-        return bucket_select(scores, k, lengths, n_sink=n_sink, n_recent=n_recent,
-                             interpret=interpret)
-    if method == "radix" or t < _MIN_SAMPLED_T:
+    r, t = scores.shape
+    radix_auto = method == "auto" and scores.dtype == jnp.bfloat16 and r < _MIN_SAMPLED_ROWS_BF16
+    if method == "radix" or t < _MIN_SAMPLED_T or radix_auto:
         return _radix_select(scores, lengths, k, **kw)
     fast, ok = _sampled_select(scores, lengths, k, plan=_plan(t, k), **kw)
     return jax.lax.cond(jnp.all(ok), lambda: fast,
@@ -491,10 +567,9 @@ def topk_select(scores: jax.Array, k: int, lengths: jax.Array | None = None, *, 
     scores: [R, T] f32 or bf16 (-inf allowed); lengths: [R] int32 or None (= T); token t of row r
     is valid iff t < lengths[r]. Forced: [0, n_sink) and [length - n_recent, length), inside the
     K budget. The others are ranked by score, ties to the lower index.
-    method (Pallas only): "auto" (default) = "bucket", the two-launch bucketed bracket select
-    (`kernels.bucket_select`, exact fallback inside its kernels); "sampled" = sampled bracket
-    select, falling back to the radix select when its bracket fails for any row; "radix" = the
-    16-way radix select. All are exact.
+    method (Pallas only): "auto" (default) = "sampled", except "radix" for bf16 below 16 rows
+    (the faster measured); "sampled" = sampled bracket select, falling back to the radix select
+    when its bracket fails for any row; "radix" = the 16-way radix select. All are exact.
     Returns indices [R, K] int32 in ascending token order and valid [R, K] bool; slots past the
     row's count (fewer than K valid tokens) are valid=False with index 0.
     """
