@@ -1,4 +1,4 @@
-"""Order-preserving int32 selection keys shared by the top-K kernels (`topk_select`, `hist_select`).
+"""Order-preserving int32 selection keys shared by the top-K kernels (`topk_select`).
 
 Every score maps to an int32 key (f32 bits, negatives flipped; bf16 keys keep 16 significant
 bits); forced tokens (sinks [0, n_sink) and the window [length - n_recent, length)) get

@@ -1,6 +1,6 @@
 """Exact per-row top-K token selection with sinks and a recent window: the sampled bracket select
-(radix fallback) and the 16-way radix select ("auto", the default, takes the faster of the two by
-row count), and the 256-way histogram radix select (method="hist"; `kernels.hist_select`).
+(radix fallback) and the 16-way radix select ("auto", the default, takes the faster by dtype and
+row count), and their lax.top_k reference.
 
 Every score maps to an order-preserving int32 key (f32 bits, negatives flipped); forced tokens
 (sinks [0, n_sink) and the window [length - n_recent, length)) get FORCED_KEY, above every score
@@ -9,7 +9,7 @@ The selection is then "the K largest keys, ties by lower index, INVALID never ta
 methods find th, the K-th largest key of the row, and emit the keys > th plus the first
 (K - count above) keys == th by index, in ascending token order.
 
-Sampled bracket select (method="sampled", and "auto" from 16 rows; four Pallas
+Sampled bracket select (method="sampled"; four Pallas
 kernels, two reads of the row):
 
 1. Guess (grid (R,)): a stratified sample of `sample` keys over the row's valid tokens
@@ -35,7 +35,7 @@ tokens; `cap` holds 1.5x a segment's expected band (+4 std + 16) at the worst ba
 the lengths (K, T], `lanes` 1.25x a whole row's band at length T (its largest), so shorter rows
 stay on the fast path. Rows shorter than `_MIN_SAMPLED_T` tokens always use the radix path.
 
-Radix select (method="radix", "auto" below 16 rows, and the sampled path's fallback):
+Radix select (method="radix", and the sampled path's fallback):
 
 1. Radix passes (Pallas): each pass reads the row once and counts, per row, the keys >= 16
    candidate thresholds sharing the prefix found so far, fixing 4 more bits of the K-th largest
@@ -43,8 +43,10 @@ Radix select (method="radix", "auto" below 16 rows, and the sampled path's fallb
 2. Compaction (Pallas, one more read): per-block counts (one fused XLA read) give each block
    its slot and tie offsets, and each block scatters its indices by an in-block cumsum.
 
-H200, 2026-12-02 (bench/results/select_h200.md): 8 x 131072 f32 sampled 97.3 us, radix 81.2,
-hist 111.8; 32 rows 107.8 / 158.9 / 355.8; lax.top_k 216 / 973.
+H200, 2026-12-02 at 76077e2 (bench/results/select_h200.md), 8 x 131072 f32: sampled 72.1 us
+(device 56.2: guess 20.8, threshold 14.6, emit 8.3, bracket 7.5; the radix search compares one
+scalar threshold a count, which cut guess / threshold from 32.7 / 17.6), radix 79.3 (its 8 count
+passes 36.1 in all, the XLA glue between them ~35); 32 rows 94.4 / 166.5; lax.top_k 215 / 973.
 H100, 32 x 131072, K=8192 (bench/results/select_h100.md): sampled 106 us f32 / 90 us bf16,
 radix 170 / 107 us, lax.top_k 994 / 614 us; 8 rows: radix 87 / 53 us.
 
@@ -65,7 +67,6 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from butler_jax.kernels._common import cdiv, next_power_of_2, resolve_implementation
-from butler_jax.kernels.hist_select import hist_select
 
 from butler_jax.kernels.select_keys import FORCED_KEY, INVALID_KEY, _HI_ALL, _MIN_SCORE_KEY
 from butler_jax.kernels.select_keys import check_select_args as _check
@@ -73,7 +74,7 @@ from butler_jax.kernels.select_keys import select_keys as _keys
 _RADIX_BITS = 4
 _N_THRESH = 1 << _RADIX_BITS
 _BLOCK_T = 2048
-METHODS = ("auto", "hist", "sampled", "radix")
+METHODS = ("auto", "sampled", "radix")
 
 _SAMPLE = 4096  # sampled keys per row (guess kernel)
 _SAMPLE_CHUNK = 8  # contiguous keys per sample chunk: one 32-byte sector of f32 scores
@@ -81,13 +82,12 @@ _SIGMAS = 4.5  # bracket margin in binomial standard deviations of the sample ra
 _SLACK = 4  # ... plus this many sample ranks
 _GUESS_BITS = 20  # key bits the guess resolves for f32 (bf16 keys have 16)
 _SEGMENTS = 16  # target segments per row: programs per row of the bracket and emit passes
-_STEP_BITS = 2  # key bits per in-register search iteration (2**bits thresholds, one reduction)
+_STEP_BITS = 1  # key bits per in-register search iteration (`_digit_search`)
 _MIN_SAMPLED_T = 256  # shorter rows go straight to the radix path
-# "auto" takes the sampled path from this many rows, the radix path below: the fastest measured
-# (H200 2026-12-02, 131072 f32 keys: 8 rows radix 81 us, sampled 97, hist 112; 32 rows sampled 108,
-# radix 159, hist 356; bench/results/select_h200.md). hist is kept by name: its launches and
-# one-hot histograms cost more than the passes they replace.
-_MIN_SAMPLED_ROWS = 16
+# "auto" takes the sampled path, except bf16 below this many rows (radix): H200 2026-12-02 at
+# 76077e2 (bench/results/select_h200.md), f32: 8 rows sampled 72.1 us, radix 79.3; 32 rows 94.4 /
+# 166.5; bf16 (2026-11-26, before the scalar search) radix 58.3 us at 8 rows, 109.7 at 32.
+_MIN_SAMPLED_ROWS_BF16 = 16
 
 
 class _Plan(NamedTuple):
@@ -136,46 +136,92 @@ def _plan(t: int, k: int, **overrides) -> _Plan:
 # ----------------------------------------------------------------------------- sampled bracket
 
 
-def _search(keys, ks, base, nbits, low_bit: int, step: int):
-    """k-th largest keys of a register-resident block, by radix search over the key bits.
+def _digit_search(count_ge, ks, nbits, low_bit: int, step: int):
+    """Radix search for the k-th largest values, `step` (1 or 2) bits per iteration.
 
-    keys: int32 array (any shape); ks: targets (int32 scalars >= 1); base: int32 scalar; the
-    search covers v = base + x for x < 2**nbits (nbits <= 32, may be traced) whose `low_bit`
-    lowest bits are zero, `step` bits per iteration. Returns, for each k, the largest such v
-    with at least k keys >= v (base when there is none; keys < base never count).
+    count_ge(x): x uint32 scalar -> int32 scalar, the number of values u >= x (u are uint32
+    offsets from a base; u = 0 never counts). ks: targets (int32 scalars >= 1); the search
+    covers x < 2**nbits (nbits <= 32, may be traced) whose `low_bit` lowest bits are zero.
+    Returns, for each k, the largest such x with >= k values u >= x (0 when there is none).
+    Each count compares the values with one scalar: no broadcast to a larger tensor, whose
+    layout conversion made the [2**step, ...] form slower on the H200 (guess kernel 32.7 -> 20.8 us).
     """
-    u = jnp.where(keys >= base, jax.lax.bitcast_convert_type(keys - base, jnp.uint32),
-                  jnp.uint32(0))
     n_iter = jnp.maximum((nbits - low_bit + step - 1) // step, 0)
     top = low_bit + (n_iter - 1) * step
-    d1 = jnp.arange(1 << step, dtype=jnp.uint32)
-    digits = d1[(slice(None),) + (None,) * u.ndim]  # [2**step, 1, ...]
 
     def body(it, prefixes):
         shift = (top - it * step).astype(jnp.uint32)
         out = []
         for p, k in zip(prefixes, ks):
-            # All 2**step candidate digits counted in one reduction; digit 0 never counts.
-            cnt = (u[None] >= (p | (digits << shift))).astype(jnp.int32)
-            while cnt.ndim > 1:  # one axis at a time (Triton reduces one axis per op)
-                cnt = jnp.sum(cnt, axis=-1)
-            hit = (cnt >= k) & (d1 > 0)
-            out.append(p | (jnp.sum(hit.astype(jnp.uint32)) << shift))
+            digit = jnp.uint32(0)
+            for d in range(1, 1 << step):  # counts fall with d: the digit is #d with count >= k
+                digit = digit + (count_ge(p | (jnp.uint32(d) << shift)) >= k).astype(jnp.uint32)
+            out.append(p | (digit << shift))
         return tuple(out)
 
-    prefixes = jax.lax.fori_loop(0, n_iter, body, tuple(jnp.uint32(0) for _ in ks))
-    return [base + jax.lax.bitcast_convert_type(p, jnp.int32) for p in prefixes]
+    return jax.lax.fori_loop(0, n_iter, body, tuple(jnp.uint32(0) for _ in ks))
+
+
+def search_keys(keys, ks, base, nbits, low_bit: int, step: int):
+    """k-th largest keys of a register-resident array by `_digit_search`.
+
+    keys: int32 array (any shape; keys < base never count); ks: targets (int32 scalars >= 1);
+    the search covers v = base + x for x < 2**nbits whose `low_bit` lowest bits are zero.
+    Returns, for each k, the largest such v with at least k keys >= v (base when there is none).
+    """
+    xs = _digit_search(_count_registers(_offsets(keys, base)), ks, nbits, low_bit, step)
+    return [base + jax.lax.bitcast_convert_type(x, jnp.int32) for x in xs]
+
+
+def _offsets(keys, base, top=None):
+    """uint32 offsets key - base of the keys in [base, top) (0 for the others)."""
+    inside = keys >= base if top is None else (keys >= base) & (keys < top)
+    return jnp.where(inside, jax.lax.bitcast_convert_type(keys - base, jnp.uint32), jnp.uint32(0))
+
+
+def _search(keys, ks, base, nbits, low_bit: int, step: int):
+    """k-th largest keys of a register-resident array by `_digit_search`.
+
+    keys: int32 array (any shape; keys < base never count); ks: targets (int32 scalars >= 1);
+    the search covers v = base + x for x < 2**nbits whose `low_bit` lowest bits are zero.
+    Returns, for each k, the largest such v with at least k keys >= v (base when there is none).
+    """
+    xs = _digit_search(_count_registers(_offsets(keys, base)), ks, nbits, low_bit, step)
+    return [base + jax.lax.bitcast_convert_type(x, jnp.int32) for x in xs]
+
+
+def _offsets(keys, base, top=None):
+    """uint32 offsets key - base of the keys in [base, top) (0 for the others)."""
+    inside = keys >= base if top is None else (keys >= base) & (keys < top)
+    return jnp.where(inside, jax.lax.bitcast_convert_type(keys - base, jnp.uint32), jnp.uint32(0))
+
+
+def _count_registers(u):
+    """count_ge of `_digit_search` over a register-resident array u (any shape)."""
+    def count(x):
+        cnt = (u >= x).astype(jnp.int32)
+        while cnt.ndim:  # one axis at a time (Triton reduces one axis per op)
+            cnt = jnp.sum(cnt, axis=-1)
+        return cnt
+    return count
+
+
+def sample_positions(n, plan: _Plan):
+    """Token positions [sample / chunk, chunk] of the guess kernel's sample of a row with n valid
+    tokens: `chunk` contiguous tokens at evenly spaced starts (all tokens when n <= sample);
+    positions >= n are not sampled."""
+    nch = plan.sample // plan.chunk
+    c = jnp.arange(nch, dtype=jnp.int32)[:, None]
+    j = jnp.arange(plan.chunk, dtype=jnp.int32)[None, :]
+    start = c * (n // nch) + (c * (n % nch)) // nch  # evenly spaced; no int32 overflow
+    return jnp.where(n > plan.sample, start - start % plan.chunk + j, c * plan.chunk + j)
 
 
 def _guess_kernel(s_ref, len_ref, o_ref, *, t, k, plan, low_bit, n_sink, n_recent):
     """One row: the bracket [lo, hi) from a stratified sample -> o_ref [1, 2] = (hi, lo)."""
     length = len_ref[0, 0]
     n = jnp.minimum(length, t)
-    nch = plan.sample // plan.chunk
-    c = jnp.arange(nch, dtype=jnp.int32)[:, None]
-    j = jnp.arange(plan.chunk, dtype=jnp.int32)[None, :]
-    start = c * (n // nch) + (c * (n % nch)) // nch  # evenly spaced; no int32 overflow
-    pos = jnp.where(n > plan.sample, start - start % plan.chunk + j, c * plan.chunk + j)
+    pos = sample_positions(n, plan)
     inside = pos < n
     pos = jnp.where(inside, pos, 0)
     x = plgpu.load(s_ref.at[pos], mask=inside, other=0)
@@ -483,10 +529,8 @@ def _radix_select(scores, lengths, k, *, n_sink, n_recent, interpret):
 def _topk_select_pallas(scores, lengths, k, n_sink, n_recent, interpret, method="auto"):
     kw = dict(n_sink=n_sink, n_recent=n_recent, interpret=interpret)
     r, t = scores.shape
-    if method == "hist":
-        return hist_select(scores, k, lengths, n_sink=n_sink, n_recent=n_recent,
-                           interpret=interpret)
-    if method == "radix" or t < _MIN_SAMPLED_T or (method == "auto" and r < _MIN_SAMPLED_ROWS):
+    radix_auto = method == "auto" and scores.dtype == jnp.bfloat16 and r < _MIN_SAMPLED_ROWS_BF16
+    if method == "radix" or t < _MIN_SAMPLED_T or radix_auto:
         return _radix_select(scores, lengths, k, **kw)
     fast, ok = _sampled_select(scores, lengths, k, plan=_plan(t, k), **kw)
     return jax.lax.cond(jnp.all(ok), lambda: fast,
@@ -523,10 +567,9 @@ def topk_select(scores: jax.Array, k: int, lengths: jax.Array | None = None, *, 
     scores: [R, T] f32 or bf16 (-inf allowed); lengths: [R] int32 or None (= T); token t of row r
     is valid iff t < lengths[r]. Forced: [0, n_sink) and [length - n_recent, length), inside the
     K budget. The others are ranked by score, ties to the lower index.
-    method (Pallas only): "auto" (default) = "sampled" from 16 rows, else "radix" (the faster
-    measured); "sampled" = sampled bracket select, falling back to the radix select when its
-    bracket fails for any row; "radix" = the 16-way radix select; "hist" = the 256-way radix
-    select with dot histograms (`kernels.hist_select`). All are exact.
+    method (Pallas only): "auto" (default) = "sampled", except "radix" for bf16 below 16 rows
+    (the faster measured); "sampled" = sampled bracket select, falling back to the radix select
+    when its bracket fails for any row; "radix" = the 16-way radix select. All are exact.
     Returns indices [R, K] int32 in ascending token order and valid [R, K] bool; slots past the
     row's count (fewer than K valid tokens) are valid=False with index 0.
     """

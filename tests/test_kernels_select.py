@@ -1,6 +1,5 @@
-"""topk_select (hist / sampled / radix) / hist_select / score_and_select / oracle_select vs numpy
-exact top-K: Pallas in interpret mode on CPU and compiled on a GPU (tests/kernel_test_base.py),
-and the XLA reference."""
+"""topk_select (sampled / radix) / score_and_select / oracle_select vs numpy exact top-K: Pallas in interpret mode on CPU and compiled on a GPU
+(tests/kernel_test_base.py), and the XLA reference."""
 
 from __future__ import annotations
 
@@ -9,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from butler_jax.kernels.hist_select import hist_plan, hist_select
 from butler_jax.kernels.score_select import (importance_scores, oracle_logits, oracle_select,
                                   score_and_select, score_and_select_reference)
-from butler_jax.kernels.topk_select import topk_select, topk_select_reference
+from butler_jax.kernels.topk_select import (_plan, _sampled_select, sample_positions, topk_select,
+                                           topk_select_reference)
 from tests.kernel_test_base import KERNEL_MODES
 
 
@@ -68,7 +67,7 @@ def _case_inputs(case, dtype):
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("method", ["hist", "sampled", "radix"])
+@pytest.mark.parametrize("method", ["sampled", "radix"])
 @pytest.mark.parametrize("interpret", KERNEL_MODES)
 def test_topk_select_exact(case, dtype, method, interpret):
     s, lengths, want = _case_inputs(case, dtype)
@@ -87,7 +86,7 @@ def test_topk_select_xla_exact(case, dtype):
     _assert_matches(got, want, k)
 
 
-def _hist_scores(rng, rows: int, t: int, k: int, kind: str) -> np.ndarray:
+def _hard_scores(rng, rows: int, t: int, k: int, kind: str) -> np.ndarray:
     s = rng.standard_normal((rows, t)).astype(np.float32)
     if kind == "ties_at_threshold":  # K - 50 clear winners, then 300 equal scores spread out
         s = rng.uniform(-1.0, 0.0, (rows, t)).astype(np.float32)
@@ -106,23 +105,24 @@ def _hist_scores(rng, rows: int, t: int, k: int, kind: str) -> np.ndarray:
     return s
 
 
+_ROWS, _T, _K = 5, 1800, 400
+_LENGTHS = np.array([_T, 1500, _K // 2, _K, 5], np.int32)  # full, < K, == K, < sinks + window
+
+
 @pytest.mark.parametrize("kind", ["normal", "ties_at_threshold", "neg_inf", "all_equal",
                                   "f32_low_bits"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("method", ["sampled", "radix"])
 @pytest.mark.parametrize("interpret", KERNEL_MODES)
-def test_hist_select_exact(kind, dtype, interpret):
-    """hist_select over several segments and blocks (T not a multiple of the block) against
-    exact top-K; rows: full, shorter than K, exactly K, shorter than the forced tokens."""
+def test_topk_select_hard_rows(kind, dtype, method, interpret):
+    """Ties at the threshold, -inf rows, all-equal rows, order in the low f32 bits only; rows:
+    full, shorter than K, exactly K, shorter than the forced tokens (T not a block multiple)."""
     rng = np.random.default_rng(abs(hash((kind, str(dtype)))) % 2**32)
-    rows, t, k = 5, 1800, 400
-    s = jnp.asarray(_hist_scores(rng, rows, t, k, kind), dtype)
-    lengths = np.array([t, 1500, k // 2, k, 5], np.int32)
-    plan = hist_plan(rows, t, block=128, programs=40)
-    assert plan.n_seg > 1 and plan.seg > plan.block
-    want = _exact(np.asarray(s.astype(jnp.float32)), k, lengths, 3, 20)
-    got = hist_select(s, k, jnp.asarray(lengths), n_sink=3, n_recent=20, interpret=interpret,
-                      plan=plan)
-    _assert_matches(got, want, k)
+    s = jnp.asarray(_hard_scores(rng, _ROWS, _T, _K, kind), dtype)
+    want = _exact(np.asarray(s.astype(jnp.float32)), _K, _LENGTHS, 3, 20)
+    got = topk_select(s, _K, jnp.asarray(_LENGTHS), n_sink=3, n_recent=20,
+                      implementation="pallas", interpret=interpret, method=method)
+    _assert_matches(got, want, _K)
 
 
 def test_reference_and_default_lengths():
@@ -130,7 +130,8 @@ def test_reference_and_default_lengths():
     s = jnp.asarray(rng.integers(0, 4, (2, 400)).astype(np.float32))
     want = _exact(np.asarray(s), 50, np.array([400, 400]), 0, 0)
     _assert_matches(topk_select(s, 50, implementation="pallas", interpret=True), want, 50)
-    _assert_matches(hist_select(s, 50, interpret=True), want, 50)
+    _assert_matches(topk_select(s, 50, implementation="pallas", interpret=True,
+                                method="radix"), want, 50)
     _assert_matches(topk_select_reference(s, 50), want, 50)
 
 
@@ -197,8 +198,6 @@ def test_sampled_path_exact_when_taken(dtype, interpret):
     """The sampled bracket path alone: on normal scores every row takes it and is exact; on
     heavy ties the rows it accepts are exact and `topk_select` (sampled, with radix fallback;
     auto; radix) is exact everywhere."""
-    from butler_jax.kernels.topk_select import _plan, _sampled_select
-
     rng = np.random.default_rng(4)
     rows, t, k = 4, 4096, 300
     lengths = np.array([t, 2000, 350, 280], np.int32)
@@ -220,16 +219,17 @@ def test_sampled_path_exact_when_taken(dtype, interpret):
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_hist_select_lowers_for_cuda(dtype):
-    """The Pallas Triton lowering of hist_select at the decode shape, on any host (catches
+def test_topk_select_lowers_for_cuda(dtype):
+    """The Pallas Triton lowering of the sampled select (radix fallback) at the decode shape, on any host (catches
     lowering errors that interpret mode cannot, e.g. a loop carry that is not a traced value)."""
     export = pytest.importorskip("jax.export")
     spec = jax.ShapeDtypeStruct((8, 131072), dtype)
     lengths = jax.ShapeDtypeStruct((8,), jnp.int32)
-    fn = jax.jit(lambda s, n: hist_select(s, 8192, n, n_sink=4, n_recent=64))
+    fn = jax.jit(lambda s, n: topk_select(s, 8192, n, n_sink=4, n_recent=64,
+                                          implementation="pallas", method="sampled"))
     exported = export.export(fn, platforms=["cuda"], disabled_checks=[
         export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(spec, lengths)
-    assert exported.mlir_module().count("xla.gpu.triton") >= 3
+    assert exported.mlir_module().count("xla.gpu.triton") >= 6
     q = jax.ShapeDtypeStruct((1, 8, 16), jnp.bfloat16)
     kimp = jax.ShapeDtypeStruct((1, 8, 131072, 16), jnp.bfloat16)
     fn = jax.jit(lambda q, kk: importance_scores(q, kk, implementation="pallas"))
@@ -259,3 +259,26 @@ def test_pallas_scores_and_selection(kdtype, interpret):
                            implementation="pallas", interpret=interpret)
     want = _exact(scores, k, np.array([7000, 7000]), 2, 8)
     _assert_matches(tuple(x.reshape(b * s, k) for x in got), want, k)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("interpret", KERNEL_MODES)
+def test_sampled_fallback_forced(dtype, interpret):
+    """The sampled tokens score far above the rest: the bracket misses on every row with more
+    than K valid tokens, and `topk_select` takes the radix path, exact."""
+    rng = np.random.default_rng(7)
+    rows, t, k = 4, 4096, 300
+    lengths = np.array([t, 2000, 350, 280], np.int32)
+    plan = _plan(t, k, sample=256)
+    s = rng.standard_normal((rows, t)).astype(np.float32)
+    for r, n in enumerate(lengths):
+        pos = np.asarray(sample_positions(jnp.int32(n), plan)).ravel()
+        s[r, pos[pos < n]] += 100.0
+    s = jnp.asarray(s, dtype)
+    _, ok = _sampled_select(s, jnp.asarray(lengths), k, n_sink=2, n_recent=16,
+                            interpret=interpret, plan=plan)
+    np.testing.assert_array_equal(np.asarray(ok), [False, False, False, True])
+    want = _exact(np.asarray(s.astype(jnp.float32)), k, lengths, 2, 16)
+    _assert_matches(topk_select(s, k, jnp.asarray(lengths), n_sink=2, n_recent=16,
+                                implementation="pallas", interpret=interpret, method="sampled"),
+                    want, k)
