@@ -23,8 +23,11 @@ Both functions here return the *set* the original ends up attending, not its buf
 
 `expand_neighbors` works on index lists (decode steps), `expand_neighbor_mask` on boolean masks
 (decode-simulated prefill, every query row being a prediction step); both give the same set.
-On a decode step the index form avoids sorts: 8 rows x 8192 tokens took 241 us per layer on an
-H100 with three sorts (bench/decode_breakdown.py `nf_expand`).
+On a decode step the index form avoids sorts, searches and loops: with three sorts, 8 rows x
+8192 tokens took 241 us per layer on an H100 (bench/decode_breakdown.py `nf_expand`). With a
+binary search (a `while` loop, its predicate read back to the host at every iteration) plus
+cumulative max/min scans it still took 227 us on an H200. Now it is gathers from one tag row
+per list plus scatters and two cumulative sums.
 """
 
 from __future__ import annotations
