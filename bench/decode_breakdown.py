@@ -55,7 +55,16 @@ from butler_jax.sparsity import make_policy  # noqa: E402
 from butler_jax.sparsity.budget import parse_budget  # noqa: E402
 from butler_jax.sparsity.select import decode_select  # noqa: E402
 
-REUSE_INTERVAL = 4  # predict_interval of the measured cond/reuse select path (representative of i > 1)
+REUSE_INTERVAL = 4  # predict_interval of the measured prediction / reuse select paths (representative of i > 1)
+SUM_TOLERANCE = 0.05  # the per-op sum should match end to end within this fraction of end to end
+
+
+def sum_check(sum_ms: float, e2e_ms: float | None) -> dict:
+    """The per-op sum against end to end: gap (e2e - sum) in ms and % of e2e, and whether |gap| <= SUM_TOLERANCE."""
+    if e2e_ms is None:
+        return dict(gap_ms=None, gap_pct=None, within=None)
+    gap = e2e_ms - sum_ms
+    return dict(gap_ms=gap, gap_pct=100 * gap / e2e_ms, within=abs(gap) <= SUM_TOLERANCE * e2e_ms)
 
 
 @dataclasses.dataclass
@@ -121,10 +130,12 @@ class Bench:
         self.layer_params = [params[f"layers_{r}"] for r in range(rot)]
 
     # --- helpers ---------------------------------------------------------------------------------
-    def policy(self, kind: str, interval: int = 1, nf: bool = False):
-        """The static policy value; its params (the predictor's, or () for Oracle) are passed to each call."""
+    def policy(self, kind: str, interval: int = 1, nf: bool = False, phase: str | None = None):
+        """The static policy value; its params (the predictor's, or () for Oracle) are passed to each call.
+        phase ("predict" / "reuse", predict_interval > 1): the step kind fixed, as the decode loop runs it."""
         m = Method(f"{kind}", kind, interval, nf)
-        return make_policy(m.sparsity(self.s, interval), self.cfg, (self.predictor, None))[0]
+        policy = make_policy(m.sparsity(self.s, interval), self.cfg, (self.predictor, None))[0]
+        return dataclasses.replace(policy, phase=phase) if phase else policy
 
     def cache(self, kc=None, vc=None) -> KVCache:
         return KVCache((self.kc if kc is None else kc,), (self.vc if vc is None else vc,), self.lengths)
@@ -234,7 +245,7 @@ class Bench:
 
         @jax.jit
         def sets(pp, state, kc, vc):
-            policy = self.policy("tokenbutler", interval, nf)
+            policy = self.policy("tokenbutler", interval, nf, "predict" if interval > 1 else None)
             out = []
             for layer in self.sparse_layers:
                 idx, ok, _ = policy.select(pp, layer, self.layer_inputs(), self.cache(kc, vc), state)
@@ -388,7 +399,7 @@ class Bench:
     def op_nf_expand(self) -> Op | None:
         try:
             idx, ok = self._index_sets(False)
-            policy = self.policy("tokenbutler", REUSE_INTERVAL, True)
+            policy = self.policy("tokenbutler", REUSE_INTERVAL, True, "predict")
             expand = policy._expand  # the neighbour-fetch step of TokenButler's prediction
         except Exception as e:  # noqa: BLE001 - not implemented yet / renamed
             log(f"skip nf_expand: {type(e).__name__}: {str(e)[:200]}")
@@ -406,9 +417,10 @@ class Bench:
                   self.batch * self.hkv * 3 * k2 * 5, 1, 1, step, (idx[0], ok[0], z, z > 0), (self.lengths,))
 
     def _op_tb_select(self, name: str, what: str, interval: int, nf: bool, step_no: int, floor: float) -> Op | None:
+        phase = None if interval == 1 else ("predict" if (step_no - 1) % interval == 0 else "reuse")
         try:
             state = self.tb_state(interval, nf, step=step_no)
-            k = self.policy("tokenbutler", interval, nf)
+            k = self.policy("tokenbutler", interval, nf, phase)
         except Exception as e:  # noqa: BLE001
             log(f"skip {name}: {type(e).__name__}: {str(e)[:200]}")
             return None
@@ -418,7 +430,7 @@ class Bench:
 
         def step(carry, pp, kc, vc):
             st, _, _ = carry
-            policy = self.policy("tokenbutler", interval, nf)
+            policy = self.policy("tokenbutler", interval, nf, phase)
             for layer in layers:
                 idx, ok, st = policy.select(pp, layer, self.layer_inputs(), self.cache(kc, vc), st)
                 st = st._replace(query=nudge(st.query, idx))
@@ -435,10 +447,10 @@ class Bench:
         i = REUSE_INTERVAL
         if predict:
             return self._op_tb_select("tb_select_nf_predict", f"TokenButler select, i={i} + neighbour fetch, prediction step "
-                                      "(cond -> scores + top-K + expansion; + reuse slots)", i, True, 1,
+                                      "(the loop's prediction branch: scores + top-K + expansion; + reuse slots)", i, True, 1,
                                       self.batch * self.hkv * self.capacity * self.s.pcfg.dDash * self.s.itemsize)
         return self._op_tb_select("tb_select_nf_reuse", f"TokenButler select, i={i} + neighbour fetch, reuse step "
-                                  "(cond -> previous list + new tokens)", i, True, 2, 0)
+                                  "(the loop's reuse branch: previous list + new tokens)", i, True, 2, 0)
 
 
 # --- per-token composition ---------------------------------------------------------------------
@@ -476,7 +488,7 @@ def compose(us: dict[str, float], s: Settings, m: Method) -> tuple[dict[str, flo
         elif nf:
             whole = S * (get("tb_select_nf_predict") / n + (1 - 1 / n) * get("tb_select_nf_reuse"))
             if n == 1:
-                notes.append("i=1 with neighbour fetch: the i=4 prediction-step select (with its cond) stands in")
+                notes.append("i=1 with neighbour fetch: the i=4 prediction-step select stands in")
             elif n != REUSE_INTERVAL:
                 notes.append(f"select measured at i={REUSE_INTERVAL} (the reuse slots differ by {n - REUSE_INTERVAL})")
         else:
@@ -583,10 +595,14 @@ def main(argv=None) -> None:
                 total = sum(groups.values())
                 floor = s.read_bytes(m, batch, context, weights, tree_bytes(pparams))["total"] / bandwidth * 1e3
                 e = e2e.get((m.label, batch, context))
+                e2e_ms = e["ms_per_token"] if e else None
+                check = sum_check(total, e2e_ms)
                 totals.append(dict(method=m.label, batch=batch, context=context, groups_ms=groups, sum_ms=total,
-                                   e2e_ms=e["ms_per_token"] if e else None, floor_ms=floor, notes=notes))
-                log(f"  {m.label:20s} sum of ops {total:7.2f} ms/token" + (f", end to end {e['ms_per_token']:.2f}" if e else "")
-                    + f", floor {floor:.2f}")
+                                   e2e_ms=e2e_ms, floor_ms=floor, notes=notes, **check))
+                verdict = ("no end-to-end figure" if e2e_ms is None else
+                           f"end to end {e2e_ms:.2f}, gap {check['gap_ms']:+.2f} ms ({check['gap_pct']:+.1f} %: "
+                           f"{'within' if check['within'] else 'OUTSIDE'} {100 * SUM_TOLERANCE:.0f} %)")
+                log(f"  {m.label:20s} sum of ops {total:7.2f} ms/token, {verdict}, floor {floor:.2f}")
             write_outputs(args, s, rot, bandwidth, e2e, results, totals)  # per group: a cut-short run keeps its figures
 
 
@@ -643,7 +659,11 @@ def markdown(data: dict, s: Settings) -> str:
             lines.append("| end to end (decode_latency) | " + " | ".join(
                 f"{t['e2e_ms']:.2f}" if t["e2e_ms"] is not None else "-" for t in tot) + " |")
             lines.append("| end to end - sum | " + " | ".join(
-                f"{t['e2e_ms'] - t['sum_ms']:+.2f}" if t["e2e_ms"] is not None else "-" for t in tot) + " |")
+                f"{t['gap_ms']:+.2f}" if t["e2e_ms"] is not None else "-" for t in tot) + " |")
+            lines.append("| gap, % of end to end | " + " | ".join(
+                f"{t['gap_pct']:+.1f} %" if t["e2e_ms"] is not None else "-" for t in tot) + " |")
+            lines.append(f"| sum within {100 * SUM_TOLERANCE:.0f} % of end to end | " + " | ".join(
+                ("yes" if t["within"] else "**no**") if t["e2e_ms"] is not None else "-" for t in tot) + " |")
             lines.append("| bandwidth floor | " + " | ".join(f"{t['floor_ms']:.2f}" for t in tot) + " |")
             notes = sorted({f"{t['method']}: {n}" for t in tot for n in t["notes"]})
             if notes:

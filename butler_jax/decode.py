@@ -25,7 +25,7 @@ from butler_jax.config import ModelConfig
 from butler_jax.errors import ConfigError, InputError
 from butler_jax.models.llama import LayerInputs, LlamaForCausalLM
 from butler_jax.sampling import SamplingConfig, sample
-from butler_jax.sparsity.base import Policy, PolicyParams
+from butler_jax.sparsity.base import Policy, PolicyParams, step_variants
 from butler_jax.sparsity.dense import DensePolicy
 
 PAD_MULTIPLE = 64  # prompt lengths are padded to a multiple of this to limit recompilation
@@ -82,7 +82,20 @@ def prefill(model: LlamaForCausalLM, params, tokens, lengths, cache: KVCache, po
 
 def decode_step(model: LlamaForCausalLM, params, token, cache: KVCache, policy: Policy, state,
                 policy_params: PolicyParams = ()):
-    """One token per row at position cache.lengths -> (logits [B, V], cache, state)."""
+    """One token per row at position cache.lengths -> (logits [B, V], cache, state).
+
+    A policy with several kinds of step (`step_variants`) gets one `lax.switch` around the whole
+    step, its layers running with the kind fixed; others run the layers directly."""
+    index, variants = step_variants(policy, state)
+    if index is None:
+        return _layers_step(model, params, token, cache, variants[0], state, policy_params)
+    branches = [lambda c, s, v=v: _layers_step(model, params, token, c, v, s, policy_params) for v in variants]
+    return jax.lax.switch(index, branches, cache, state)
+
+
+def _layers_step(model: LlamaForCausalLM, params, token, cache: KVCache, policy: Policy, state,
+                 policy_params: PolicyParams = ()):
+    """decode_step's layers with one static policy."""
     positions = cache.lengths[:, None]
 
     def attend(layer: int, x: LayerInputs, carry):

@@ -93,13 +93,19 @@ def _sparse_kernel(q_ref, k_ref, v_ref, idx_ref, valid_ref, o_ref, m_ref, l_ref,
     q_ref: [Rp, D] (rows >= `rows` are padding); k_ref, v_ref: [T, D]; idx_ref, valid_ref: [Ks]
     this split's slots, of which those at global position >= n_slots are past the end of the
     selection; o_ref: [Rp, D], m_ref, l_ref: [Rp] (only the first `rows` are stored).
+    Block i + 1's indices are loaded before block i's K/V gather (they ride in the loop carry),
+    so the index load of the next block overlaps the gather of this one.
     """
     rp, d = q_ref.shape
     t, per_split = k_ref.shape[0], idx_ref.shape[0]
     q = load_query(q_ref, rows, k_ref.dtype)
     first = pl.program_id(2) * per_split
+    n_blocks = per_split // block_k
+    if n_slots % per_split:
+        n_blocks = jnp.minimum(per_split, n_slots - first + block_k - 1) // block_k
 
-    def body(i, carry):
+    def load_slots(i):
+        """Block i's (row numbers clamped to the cache, validity); slots past the selection are invalid."""
         tile = pl.ds(i * block_k, block_k)
         if n_slots % per_split:  # the last split is ragged: mask slots past the selection
             inside = first + i * block_k + jnp.arange(block_k) < n_slots
@@ -107,14 +113,17 @@ def _sparse_kernel(q_ref, k_ref, v_ref, idx_ref, valid_ref, o_ref, m_ref, l_ref,
             ok = plgpu.load(valid_ref.at[tile], mask=inside, other=False) & inside
         else:
             idx, ok = idx_ref[tile], valid_ref[tile]
-        slot = jnp.clip(idx, 0, t - 1)
-        return online_softmax_step(q, k_ref[slot, :], v_ref[slot, :], ok, carry, scale)
+        return jnp.clip(idx, 0, t - 1), ok
 
-    init = softmax_init(rp, d)
-    n_blocks = per_split // block_k
-    if n_slots % per_split:
-        n_blocks = jnp.minimum(per_split, n_slots - first + block_k - 1) // block_k
-    store_partials(o_ref, m_ref, l_ref, jax.lax.fori_loop(0, n_blocks, body, init), rows)
+    def body(i, carry):
+        *softmax, slot, ok = carry
+        upcoming = load_slots(jnp.minimum(i + 1, n_blocks - 1))  # the last block loads itself again
+        softmax = online_softmax_step(q, k_ref[slot, :], v_ref[slot, :], ok, tuple(softmax), scale)
+        return (*softmax, *upcoming)
+
+    init = (*softmax_init(rp, d), *load_slots(0))
+    o, m, l, _, _ = jax.lax.fori_loop(0, n_blocks, body, init)
+    store_partials(o_ref, m_ref, l_ref, (o, m, l), rows)
 
 
 def _default_splits(n_programs: int, n_blocks: int) -> int:

@@ -104,11 +104,13 @@ def test_expand_neighbors_matches_the_spec_at_full_selection(shuffle) -> None:
         expected.append(set(spec_expand(sel.tolist(), end, n)))
     idx, ok = pack(rows, width, rng if shuffle else None)
     ends = np.asarray(ends)
-    out, out_ok = expand_neighbors(jnp.asarray(idx), jnp.asarray(ok), jnp.asarray(ends), 2 * width)
+    out, out_ok = expand_neighbors(jnp.asarray(idx), jnp.asarray(ok), jnp.asarray(ends), 2 * width,
+                                   n_tokens=int(ends.max()))
     check_rows(np.asarray(out), np.asarray(out_ok), expected, ends)
     if not shuffle:  # ascending=True: valid entries in order with invalid slots spread among them
         spread_idx, spread_ok = spread(idx, ok, 2 * width, rng)
         out, out_ok = expand_neighbors(jnp.asarray(spread_idx), jnp.asarray(spread_ok), jnp.asarray(ends), 4 * width,
+                                       n_tokens=int(ends.max()) + 5,
                                        ascending=True)
         check_rows(np.asarray(out), np.asarray(out_ok), expected, ends)
     # the mask form gives the same sets
@@ -133,14 +135,14 @@ def test_expand_neighbors_pads_when_everything_selectable_is_selected() -> None:
         expected.append(set(buffer))
         assert set(buffer) == set(sel.tolist())
     idx, ok = pack(rows, 10)
-    out, out_ok = expand_neighbors(jnp.asarray(idx), jnp.asarray(ok), jnp.asarray(ends), 20)
+    out, out_ok = expand_neighbors(jnp.asarray(idx), jnp.asarray(ok), jnp.asarray(ends), 20, n_tokens=9)
     check_rows(np.asarray(out), np.asarray(out_ok), expected, np.asarray(ends))
 
 
 def test_expand_neighbors_runs_isolated_tokens_and_the_end() -> None:
     idx = jnp.asarray([[3, 4, 5, 9, 12, 13, 0, 0], [2, 7, 19, 0, 0, 0, 0, 0], [10, 11, 18, 19, 0, 0, 0, 0]], jnp.int32)
     ok = jnp.asarray([[1] * 6 + [0] * 2, [1] * 3 + [0] * 5, [1] * 4 + [0] * 4], bool)
-    out, out_ok = expand_neighbors(idx, ok, jnp.asarray([15, 20, 20]), 16)
+    out, out_ok = expand_neighbors(idx, ok, jnp.asarray([15, 20, 20]), 16, n_tokens=20)
     got = [sorted(np.asarray(o)[np.asarray(v)].tolist()) for o, v in zip(out, out_ok)]
     # run 3..5 -> 6..8, isolated 9 -> 10, run 12..13 -> 14 and 15 clamped to 14; fill 15 > E - 1: none
     assert got[0] == [3, 4, 5, 6, 7, 8, 9, 10, 12, 13, 14]
@@ -150,7 +152,8 @@ def test_expand_neighbors_runs_isolated_tokens_and_the_end() -> None:
     assert got[2] == [10, 11, 12, 13, 18, 19]
     # duplicates away from the end free slots, filled after the last token: run 4..6 -> 7..9, 8 -> 9;
     # the union 4..9 has two duplicates (8, 9), so 10 and 11 join
-    out, out_ok = expand_neighbors(jnp.asarray([[4, 5, 6, 8, 0]]), jnp.asarray([[1, 1, 1, 1, 0]], bool), jnp.asarray([30]), 10)
+    out, out_ok = expand_neighbors(jnp.asarray([[4, 5, 6, 8, 0]]), jnp.asarray([[1, 1, 1, 1, 0]], bool), jnp.asarray([30]), 10,
+                                   n_tokens=64)
     assert sorted(np.asarray(out)[np.asarray(out_ok)].tolist()) == spec_expand([4, 5, 6, 8], 30, 4) == list(range(4, 12))
 
 
@@ -162,12 +165,13 @@ def test_expand_neighbors_truncates_to_out_size() -> None:
         rows.append(random_selection(rng, end, 8))
         ends.append(end)
     idx, ok = pack(rows, 8)
-    full, full_ok = expand_neighbors(jnp.asarray(idx), jnp.asarray(ok), jnp.asarray(ends), 16)
-    cut, cut_ok = expand_neighbors(jnp.asarray(idx), jnp.asarray(ok), jnp.asarray(ends), 10)
+    full, full_ok = expand_neighbors(jnp.asarray(idx), jnp.asarray(ok), jnp.asarray(ends), 16, n_tokens=40)
+    cut, cut_ok = expand_neighbors(jnp.asarray(idx), jnp.asarray(ok), jnp.asarray(ends), 10, n_tokens=40)
     for r, row in enumerate(rows):
         lowest = sorted(set(spec_expand(row.tolist(), ends[r], 8)))[:10]
         assert np.asarray(cut[r])[np.asarray(cut_ok[r])].tolist() == lowest
         assert sorted(np.asarray(full[r])[np.asarray(full_ok[r])].tolist())[:10] == lowest
     # batch dimensions and a scalar end broadcast
-    out, out_ok = expand_neighbors(jnp.asarray(idx.reshape(2, 8, 8)), jnp.asarray(ok.reshape(2, 8, 8)), jnp.asarray(40), 16)
+    out, out_ok = expand_neighbors(jnp.asarray(idx.reshape(2, 8, 8)), jnp.asarray(ok.reshape(2, 8, 8)), jnp.asarray(40), 16,
+                                   n_tokens=40)
     assert out.shape == out_ok.shape == (2, 8, 16)

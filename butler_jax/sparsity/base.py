@@ -80,6 +80,16 @@ def register(name: str) -> Callable[[type], type]:
     return add
 
 
+def step_variants(policy: Policy, state: Any) -> tuple[jnp.ndarray | None, tuple[Policy, ...]]:
+    """(branch index [] int32, one static policy per branch) of the next decode step.
+
+    Optional hook `policy.step_variants(state)`: a policy whose steps differ in kind (TokenButler
+    predicting every i-th step) names the kind once per token, so the decode loop branches once
+    per step instead of once per layer; every other policy: (None, (policy,)), no branch."""
+    hook = getattr(policy, "step_variants", None)
+    return hook(state) if hook is not None else (None, (policy,))
+
+
 def dense_layer(layer: int, x: LayerInputs, cache: KVCache, implementation: str) -> jnp.ndarray:
     """The decode step's dense attention at `layer`: every cached token 0..cache.lengths[b]."""
     return dense_attend(x.q, cache.k[layer], cache.v[layer], cache.lengths + 1, implementation)

@@ -23,8 +23,11 @@ Both functions here return the *set* the original ends up attending, not its buf
 
 `expand_neighbors` works on index lists (decode steps), `expand_neighbor_mask` on boolean masks
 (decode-simulated prefill, every query row being a prediction step); both give the same set.
-On a decode step the index form avoids sorts: 8 rows x 8192 tokens took 241 us per layer on an
-H100 with three sorts (bench/decode_breakdown.py `nf_expand`).
+On a decode step the index form avoids sorts, searches and loops: with three sorts, 8 rows x
+8192 tokens took 241 us per layer on an H100 (bench/decode_breakdown.py `nf_expand`). With a
+binary search (a `while` loop, its predicate read back to the host at every iteration) plus
+cumulative max/min scans it still took 227 us on an H200. Now it is gathers from one tag row
+per list plus scatters and two cumulative sums.
 """
 
 from __future__ import annotations
@@ -45,12 +48,8 @@ def _cummax(x: jnp.ndarray, reverse: bool = False) -> jnp.ndarray:
     return jax.lax.cummax(x, axis=x.ndim - 1, reverse=reverse)
 
 
-def _cummin(x: jnp.ndarray, reverse: bool = False) -> jnp.ndarray:
-    return jax.lax.cummin(x, axis=x.ndim - 1, reverse=reverse)
-
-
 def expand_neighbors(indices: jnp.ndarray, valid: jnp.ndarray, length: jnp.ndarray, out_size: int, *,
-                     ascending: bool = False) -> tuple[jnp.ndarray, jnp.ndarray]:
+                     n_tokens: int, ascending: bool = False) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Neighbour-fetch expansion of index lists.
 
     indices, valid: [..., n] int32 / bool, the selected tokens I of each row (the valid entries
@@ -61,50 +60,63 @@ def expand_neighbors(indices: jnp.ndarray, valid: jnp.ndarray, length: jnp.ndarr
         are clamped to E - 1 (on a decode step: the first token of the always-kept window).
     out_size: static number of output slots (the original's 2K). Needs out_size >= 2n to never
         truncate; a smaller one keeps the out_size lowest tokens (step 4's truncation).
+    n_tokens: static bound on the token positions, > every index and >= E (the cache capacity).
 
     Returns (indices, valid) [..., out_size], distinct valid tokens < E: I, its neighbours and
     the fill of step 5, at most 2 * count(valid). With out_size >= 2n, slots [0, n) hold I (the
     input if ascending, else it sorted; valid as given), slots [n, 2n) each valid entry's new
-    neighbour or a fill token, then padding; no sort but the optional input one: a neighbour is
-    a duplicate iff it is selected (a binary search in I) or covered by an earlier run's
-    neighbours (a cumulative maximum). Truncation (out_size < 2n) sorts, lowest tokens first.
-    Invalid slots hold index 0.
+    neighbour or a fill token, then padding. No sort but the optional input one, no search and
+    no loop: one [..., n_tokens] tag row per list (-1 at the selected tokens) answers "is t
+    selected" (run boundaries, neighbours inside I) by a gather, and a scatter-min of the slot
+    numbers at the neighbours keeps one owner per duplicated neighbour. Truncation
+    (out_size < 2n) sorts, lowest tokens first. Invalid slots hold index 0.
     """
     n = indices.shape[-1]
-    end = jnp.asarray(length, jnp.int32)[..., None]  # [..., 1]
-    idx = indices.astype(jnp.int32)
-    if ascending:
-        v, ok = idx, valid
-    else:
-        v = jnp.sort(jnp.where(valid, idx, _BIG), axis=-1)
-        ok = v != _BIG
+    lead = indices.shape[:-1]
+    end = jnp.broadcast_to(jnp.asarray(length, jnp.int32)[..., None], (*lead, 1)).reshape(-1, 1)  # [R, 1]
+    idx = indices.astype(jnp.int32).reshape(-1, n)
+    ok = valid.reshape(-1, n)
+    if not ascending:
+        idx = jnp.sort(jnp.where(ok, idx, _BIG), axis=-1)
+        ok = idx != _BIG
+        idx = jnp.where(ok, idx, 0)
+    rows = jnp.arange(idx.shape[0])[:, None]
+    slot = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), idx.shape)
+    at = lambda x, i: x[rows, i]  # noqa: E731 - x [R, n] read at slots i [R, n]
+    drop = jnp.int32(n_tokens)  # an out-of-range position: scatters drop it
 
-    # 1. runs over the valid entries (consecutive values); c = the length of each entry's run.
-    # filled: the last valid value up to each slot (-2 before any: never v - 1 of a valid v >= 0)
-    filled = _cummax(jnp.where(ok, v, -2))  # non-decreasing; its values are I's (or -2)
-    prev = _shift_right(filled, -2)  # the previous valid value
-    nxt = jnp.concatenate([_cummin(jnp.where(ok, v, _BIG), reverse=True)[..., 1:],
-                           jnp.full(v.shape[:-1] + (1,), _BIG, jnp.int32)], -1)  # the next one
-    run_first = _cummax(jnp.where(ok & (prev != v - 1), v, -1))
-    run_last = _cummin(jnp.where(ok & (nxt != v + 1), v, _BIG), reverse=True)
-    run_len = run_last - run_first + 1
+    # tag[t] = -1 where t is selected, _BIG elsewhere
+    tag = jnp.full((idx.shape[0], n_tokens), _BIG, jnp.int32)
+    tag = tag.at[rows, jnp.where(ok, idx, drop)].set(-1, mode="drop")
+    selected = lambda t: jnp.take_along_axis(tag, jnp.clip(t, 0, n_tokens - 1), -1, mode="clip") < 0  # noqa: E731
 
-    # 2.-3. each entry's neighbour, if new: not past E - 1 (a clamped one is E - 1, which its run
-    # also reaches unclamped or I holds), not in I, not covered by an earlier run's neighbours
-    # [e, e + c) (their largest is last + c; an entry's own run's earlier ones stay below it)
-    nbr = v + run_len
-    at = jax.vmap(jnp.searchsorted)(filled.reshape(-1, n), nbr.reshape(-1, n)).reshape(v.shape)
-    in_i = jnp.take_along_axis(filled, jnp.minimum(at, n - 1), axis=-1) == nbr
-    covered = nbr <= _shift_right(_cummax(jnp.where(ok, nbr, -1)), -1)
-    new = ok & (nbr <= end - 1) & ~in_i & ~covered
+    # 1. runs: an entry starts a run iff t - 1 is not selected, ends it iff t + 1 is not; the
+    # valid entries ascend, so a count of the starts so far numbers each entry's run
+    first = ok & ((idx == 0) | ~selected(idx - 1))
+    last = ok & ((idx + 1 >= n_tokens) | ~selected(idx + 1))
+    run = jnp.cumsum(first, axis=-1, dtype=jnp.int32) - 1
+    run_first = jnp.zeros_like(idx).at[rows, jnp.where(first, run, n)].set(idx, mode="drop")
+    run_last = jnp.zeros_like(idx).at[rows, jnp.where(last, run, n)].set(idx, mode="drop")
+    run = jnp.clip(run, 0, n - 1)
+    run_len = at(run_last, run) - at(run_first, run) + 1
+
+    # 2.-3. each entry's neighbour t + c, if new: not past E - 1 (a clamped one is E - 1, which
+    # its run also reaches unclamped or I holds), not selected, and the one owner among the
+    # entries that share it (the smallest slot)
+    nbr = idx + run_len
+    candidate = ok & (nbr <= end - 1) & ~selected(nbr)
+    tag = tag.at[rows, jnp.where(candidate, nbr, drop)].min(slot, mode="drop")
+    new = candidate & (jnp.take_along_axis(tag, jnp.clip(nbr, 0, n_tokens - 1), -1, mode="clip") == slot)
 
     # 5. each duplicate's slot takes the next fill token last + 1, last + 2, ... while <= E - 1
-    last = jnp.maximum(filled[..., -1:], jnp.max(jnp.where(new, nbr, -1), -1, keepdims=True))
+    top = jnp.maximum(jnp.max(jnp.where(ok, idx, -1), -1, keepdims=True),
+                      jnp.max(jnp.where(new, nbr, -1), -1, keepdims=True))
     dup = ok & ~new
-    fill = last + jnp.cumsum(dup, axis=-1, dtype=jnp.int32)
+    fill = top + jnp.cumsum(dup, axis=-1, dtype=jnp.int32)
     fill_ok = dup & (fill <= end - 1)
-    out = jnp.concatenate([jnp.where(ok, v, 0), jnp.where(new, nbr, jnp.where(fill_ok, fill, 0))], -1)
+    out = jnp.concatenate([jnp.where(ok, idx, 0), jnp.where(new, nbr, jnp.where(fill_ok, fill, 0))], -1)
     out_ok = jnp.concatenate([ok, new | fill_ok], -1)
+    out, out_ok = out.reshape(*lead, 2 * n), out_ok.reshape(*lead, 2 * n)
 
     # 4. fixed size: truncate (lowest tokens) or pad with invalid slots
     if out_size < 2 * n:

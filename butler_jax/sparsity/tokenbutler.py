@@ -10,7 +10,9 @@ the next G layers; keys are projections of the model's own post-RoPE keys, cache
 With `predict_interval` i > 1 a new selection is computed every i-th step only (steps 1, 1+i,
 ...); in between each layer reuses its previous selection and adds the tokens generated since
 (at most i - 1 of them, in i extra slots), as the long-context release does: no scoring and no
-top-K on reuse steps.
+top-K on reuse steps. The decode loop asks `step_variants` once per token which kind of step
+comes and runs that step's layers with the kind fixed (`phase`), so no layer branches; a policy
+without a phase (a lone `select` call) branches per layer with `lax.cond`.
 
 With `neighbor_fetch` every prediction (each step when i = 1) widens the scored part of the
 selection as the release does (`neighbors.py`): runs of selected tokens are doubled to the
@@ -25,7 +27,7 @@ mask with the same rule, so decode and simulation still agree at i = 1.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import jax
@@ -56,6 +58,7 @@ class TokenButlerBase(ScoredPolicy):
     policy params (traced); `sparsity.predict_interval` and `sparsity.neighbor_fetch` apply."""
 
     module: PredictorModule = None  # type: ignore[assignment]
+    phase: str | None = None  # "predict" / "reuse": the kind of every layer's step (`step_variants`); None: per layer
 
     @classmethod
     def build(cls, sparsity, cfg, predictor=None):
@@ -103,6 +106,15 @@ class TokenButlerBase(ScoredPolicy):
     def is_prediction_step(self, step: jnp.ndarray) -> jnp.ndarray:
         return (step - 1) % self.predict_interval == 0
 
+    def step_variants(self, state: TokenButlerState) -> tuple[jnp.ndarray | None, tuple["TokenButlerBase", ...]]:
+        """(branch index [] int32, one policy per branch) for the next decode step: with
+        predict_interval > 1, 0 = a prediction step, 1 = a reuse step (`phase` fixed);
+        (None, (self,)) when every step is alike."""
+        if self.predict_interval == 1 or self.phase is not None:
+            return None, (self,)
+        index = jnp.where(self.is_prediction_step(state.step + 1), 0, 1).astype(jnp.int32)
+        return index, (replace(self, phase="predict"), replace(self, phase="reuse"))
+
     def advance(self, state: TokenButlerState, cache) -> TokenButlerState:
         """Count a decode step (called at layer 0) and remember where predictions happen."""
         step = state.step + 1
@@ -139,7 +151,7 @@ class TokenButlerBase(ScoredPolicy):
         end = (query_pos + 1 - n_win)[:, None]  # [B, 1]
         forced = ok & ((idx < n_snk) | (idx >= end[..., None]))
         ascending = selects_ascending(s.token_budget, k, s.n_sink, s.n_window)
-        wide, wide_ok = expand_neighbors(idx, ok & ~forced, end, 2 * k, ascending=ascending)
+        wide, wide_ok = expand_neighbors(idx, ok & ~forced, end, 2 * k, n_tokens=capacity, ascending=ascending)
         merged = jnp.concatenate([idx, wide[..., k:]], -1)
         merged_ok = jnp.concatenate([ok, wide_ok[..., k:]], -1)
         if capacity >= 2 * k:
@@ -160,9 +172,14 @@ class TokenButlerBase(ScoredPolicy):
         def reuse(_):
             return state.previous[layer]
 
-        idx, ok = jax.lax.cond(self.is_prediction_step(state.step), predict, reuse, None)
+        if self.phase is None:
+            predicting = self.is_prediction_step(state.step)
+            idx, ok = jax.lax.cond(predicting, predict, reuse, None)
+        else:
+            predicting = self.phase == "predict"
+            idx, ok = predict(None) if predicting else reuse(None)
         new = state.predicted_at[:, None] + extra  # tokens written since the prediction
-        new_ok = (new <= cache.lengths[:, None]) & ~self.is_prediction_step(state.step)
+        new_ok = (new <= cache.lengths[:, None]) & ~jnp.asarray(predicting)
         hsel = idx.shape[1]
         indices = jnp.concatenate([idx, jnp.broadcast_to(new[:, None], (new.shape[0], hsel, new.shape[1]))], axis=-1)
         valid = jnp.concatenate([ok, jnp.broadcast_to(new_ok[:, None], (new.shape[0], hsel, new.shape[1]))], axis=-1)
