@@ -37,7 +37,7 @@ class _SourceTreeFinder(importlib.abc.MetaPathFinder):
 
 
 if not (Path(__file__).resolve().parent / "kernels").is_dir() and (_ROOT / "kernels" / "__init__.py").is_file():
-    sys.meta_path.append(_SourceTreeFinder())
+    sys.meta_path.insert(0, _SourceTreeFinder())  # before an editable install of another checkout
 
 
 def __getattr__(name: str):
