@@ -19,12 +19,13 @@ import jax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from butler_jax.cache import init_cache
+from butler_jax.cache import KVCache, init_cache
 from butler_jax.config import ModelConfig
 from butler_jax.errors import ConfigError
 from butler_jax.sampling import sample
 from butler_jax.sharding.local import Shard
 from butler_jax.sharding.mesh import MeshConfig, on_mesh
+from butler_jax.sharding.placement import cache_partition
 from butler_jax.sparsity.base import Policy
 
 SHARDED_METHODS = ("dense", "quest", "tokenbutler")
@@ -66,10 +67,15 @@ def shard_policy(policy: Policy, cfg: ModelConfig, mesh: MeshConfig) -> tuple[Po
     return dataclasses.replace(policy, **changes), shard
 
 
-def local_capacity(capacity: int, mesh: MeshConfig, policy: Policy) -> int:
+def local_capacity(capacity: int, mesh: MeshConfig, page_size: int = 1) -> int:
     """Tokens per device: capacity split over mesh.seq, rounded up to whole units (and Quest pages)."""
-    unit = math.lcm(UNIT, getattr(policy.settings, "page_size", 1) if getattr(policy, "name", "") == "quest" else 1)
+    unit = math.lcm(UNIT, page_size)
     return -(-capacity // (mesh.seq * unit)) * unit
+
+
+def page_size(policy: Policy) -> int:
+    """Quest's page (device ranges start on page boundaries); 1 for the other methods."""
+    return policy.settings.page_size if getattr(policy, "name", "") == "quest" else 1
 
 
 @partial(jax.jit, static_argnames=("model", "policy", "shard", "mesh", "max_new_tokens", "sampling", "stop_tokens",
@@ -98,4 +104,25 @@ def generate_sharded(model, params, policy_params, tokens, lengths, key, *, poli
     local, shard = shard_policy(policy, model.cfg, mesh)
     return _generate_sharded(model, params, policy_params, tokens, lengths, key, policy=local, shard=shard,
                              mesh=mesh.build(), max_new_tokens=max_new_tokens, sampling=sampling,
-                             stop_tokens=stop_tokens, capacity=local_capacity(capacity, mesh, policy))
+                             stop_tokens=stop_tokens, capacity=local_capacity(capacity, mesh, page_size(policy)))
+
+
+def decode_loop_on_mesh(model, params, policy_params, first, cache: KVCache, key, *, policy: Policy,
+                        mesh: MeshConfig, max_new_tokens: int, sampling, stop_tokens: tuple[int, ...]):
+    """`decode.decode_loop(..., return_cache=True)` over a filled cache placed on the mesh
+    (`placement.place_cache`; its capacity a multiple of mesh.seq), the policy state initialised on
+    each device: (tokens [B, max_new_tokens], counts [B], the cache, still placed)."""
+    from butler_jax.decode import decode_loop
+
+    mesh.check(model.cfg)
+    local, shard = shard_policy(policy, model.cfg, mesh)
+
+    def run(params, policy_params, first, cache, key):
+        state = local.init_state(policy_params, first.shape[0], cache.capacity)
+        return decode_loop(model, params, first, cache, state, key, policy=local, max_new_tokens=max_new_tokens,
+                           sampling=sampling, stop_tokens=stop_tokens, return_cache=True,
+                           policy_params=policy_params, shard=shard)
+
+    spec = cache_partition(len(cache.k))
+    return on_mesh(run, mesh.build(), in_specs=(P(), P(), P(), spec, P()), out_specs=(P(), P(), spec))(
+        params, policy_params, first, cache, key)
