@@ -25,7 +25,7 @@ class DensePolicy:
     statistics are measured like every policy's (sparsity 0, Oracle recall 1)."""
 
     settings: "SparsityConfig" = field(default_factory=_default_settings)
-    shard: Any = None  # sharding.local.Shard inside a sharded decode (set by butler_jax.sharding.decode)
+    shard: Any = field(default=None, kw_only=True)  # sharding.local.Shard in a sharded decode (sharding/decode.py)
 
     @classmethod
     def build(cls, sparsity, cfg, predictor=None):

@@ -8,7 +8,7 @@ the selection happens in `select` and the attention in `attend`, one call each.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import jax.numpy as jnp
@@ -34,7 +34,7 @@ class ScoredPolicy:
 
     cfg: ModelConfig
     settings: "SparsityConfig"
-    shard: Any = None  # sharding.local.Shard inside a sharded decode (set by butler_jax.sharding.decode)
+    shard: Any = field(default=None, kw_only=True)  # sharding.local.Shard in a sharded decode (sharding/decode.py)
 
     @classmethod
     def build(cls, sparsity, cfg, predictor=None):

@@ -64,9 +64,9 @@ class TokenButlerBase(ScoredPolicy):
             raise ValueError("sparsity.method=tokenbutler needs a trained predictor: set predictor.checkpoint in the config")
         module, params = predictor
         if isinstance(module, PaperPredictor):
-            return TokenButlerPolicy(cfg, sparsity, module=module), params
+            return TokenButlerPolicy(cfg, sparsity, module), params
         if isinstance(module, LongctxPredictor):
-            return TokenButlerLongctxPolicy(cfg, sparsity, module=module), params
+            return TokenButlerLongctxPolicy(cfg, sparsity, module), params
         raise ValueError(f"TokenButler needs a PaperPredictor or LongctxPredictor, got {type(module).__name__}")
 
     @property
