@@ -2,7 +2,8 @@
 
 Uses the embedded SmolLM2-135M-Instruct and its shipped predictor unless --config / --model /
 --predictor name others. Prints each continuation and the tokens/s of the call (with --warmup:
-of a second, compiled call).
+of a second, compiled call). `--mesh seq=N[,kv_heads=M]` (or the config's `mesh:` section)
+decodes on a device mesh (butler_jax/sharding).
 """
 
 from __future__ import annotations
