@@ -21,6 +21,7 @@ all its methods are compiled in parallel threads (nothing runs on the device mea
     python bench/decode_latency.py                     # the full matrix (defaults), H100 80 GB
     python bench/decode_latency.py --dry-run           # print the plan: estimates, floors, skips
     python bench/decode_latency.py --smoke             # CPU toy shapes (configs/tiny.yaml)
+    python bench/decode_latency.py --mesh seq=2        # sharded decode on a mesh (or the config's mesh: section)
 
 Writes decode_latency.json, decode_latency.md and decode_latency.png to --out.
 """
@@ -58,6 +59,9 @@ from butler_jax.decode import decode_loop  # noqa: E402
 from butler_jax.models.llama import LlamaForCausalLM, init_params  # noqa: E402
 from butler_jax.models.predictor_longctx import LongctxPredictor  # noqa: E402
 from butler_jax.sampling import SamplingConfig  # noqa: E402
+from butler_jax.sharding.decode import decode_loop_on_mesh, local_capacity  # noqa: E402
+from butler_jax.sharding.mesh import MeshConfig, mesh_config  # noqa: E402
+from butler_jax.sharding.placement import cache_partition, named, place_cache  # noqa: E402
 from butler_jax.sparsity import SparsityConfig, make_policy  # noqa: E402
 
 GiB = 1 << 30
@@ -141,20 +145,25 @@ class Settings:
             w += predictor_weights
         return dict(weights=float(w), kv=float(kv), scoring=float(scoring), total=float(w + kv + scoring))
 
-    def memory_bytes(self, m: Method, batch: int, capacity: int, params_total: int, predictor_total: int) -> int:
-        """Device-memory estimate of one run: resident weights, the KV cache, the policy state and
-        the largest step temporaries (+ a 1.5 GiB margin for XLA/Triton workspace)."""
+    def memory_parts(self, m: Method, batch: int, capacity: int, params_total: int, predictor_total: int) -> dict:
+        """Device-memory estimate of one run by kind: resident weights, the KV cache, the importance
+        keys, the largest step temporaries and index lists (`work`: + a 1.5 GiB margin for XLA/Triton
+        workspace). `capacity`: the tokens this device holds."""
         c = self.cfg
         hkv, hq, hd, layers = c.num_key_value_heads, c.num_attention_heads, c.resolved_head_dim, c.num_hidden_layers
-        need = params_total + predictor_total + 2 * layers * batch * hkv * capacity * hd * self.itemsize
+        parts = dict(weights=params_total + predictor_total, kv=2 * layers * batch * hkv * capacity * hd * self.itemsize,
+                     keys=0, work=2 * batch * c.vocab_size * 4 + int(1.5 * GiB))
         if m.sparse:  # f32 logits of every query head, group maxima, radix keys; index lists
-            need += 3 * batch * hq * capacity * 4
+            parts["work"] += 3 * batch * hq * capacity * 4
         if m.kind == "tokenbutler":
-            need += layers * batch * hkv * capacity * self.pcfg.dDash * self.itemsize
+            parts["keys"] = layers * batch * hkv * capacity * self.pcfg.dDash * self.itemsize
             k_sel = min(capacity, 2 * self.budget if m.neighbor_fetch else self.budget)
-            need += layers * batch * hkv * (k_sel + m.interval) * 5
-        need += 2 * batch * c.vocab_size * 4 + int(1.5 * GiB)
-        return int(need)
+            parts["work"] += layers * batch * hkv * (k_sel + m.interval) * 5
+        return {k: int(v) for k, v in parts.items()}
+
+    def memory_bytes(self, m: Method, batch: int, capacity: int, params_total: int, predictor_total: int) -> int:
+        """The total of `memory_parts`."""
+        return sum(self.memory_parts(m, batch, capacity, params_total, predictor_total).values())
 
 
 def load_settings(args) -> tuple[Settings, LlamaForCausalLM, LongctxPredictor]:
@@ -215,29 +224,39 @@ def random_cache(cfg: ModelConfig, batch: int, capacity: int, length: int, key) 
                    jnp.full((batch,), length, jnp.int32))
 
 
-def cache_spec(cfg: ModelConfig, batch: int, capacity: int) -> KVCache:
+def cache_spec(cfg: ModelConfig, batch: int, capacity: int, mesh: MeshConfig | None = None) -> KVCache:
+    """Shapes of the cache (placed on `mesh` as `sharding.placement` places it, when given)."""
     dt = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
-    layer = jax.ShapeDtypeStruct((batch, cfg.num_key_value_heads, capacity, cfg.resolved_head_dim), dt)
     n = cfg.num_hidden_layers
-    return KVCache((layer,) * n, (layer,) * n, jax.ShapeDtypeStruct((batch,), jnp.int32))
+    shardings = named(mesh.build(), cache_partition(n)) if mesh else KVCache((None,) * n, (None,) * n, None)
+    layer = (batch, cfg.num_key_value_heads, capacity, cfg.resolved_head_dim)
+    return KVCache(tuple(jax.ShapeDtypeStruct(layer, dt, sharding=sh) for sh in shardings.k),
+                   tuple(jax.ShapeDtypeStruct(layer, dt, sharding=sh) for sh in shardings.v),
+                   jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=shardings.lengths))
 
 
-def lower_decode(model, predictor, s: Settings, m: Method, params, pparams, batch: int, capacity: int, steps: int):
+def lower_decode(model, predictor, s: Settings, m: Method, params, pparams, batch: int, capacity: int, steps: int,
+                 mesh: MeshConfig | None = None):
     """Lower the whole generation (the policy is a static value, the predictor params `pparams` a
     traced argument, the state initialised inside the jit; the cache donated and returned with
-    its lengths reset, so calls can repeat)."""
+    its lengths reset, so calls can repeat). With `mesh`: the sharded decode loop
+    (`sharding.decode.decode_loop_on_mesh`) over a cache placed on that mesh."""
     sparsity = m.sparsity(s)
 
     def run(p, pp, cache, first):
         policy, policy_params = make_policy(sparsity, s.cfg, (predictor, pp))  # a static policy; pp stays traced
-        state = policy.init_state(policy_params, batch, capacity)
-        out, _, new = decode_loop(model, p, first, cache, state, jax.random.PRNGKey(0), policy=policy,
-                                  max_new_tokens=steps, sampling=SamplingConfig(), stop_tokens=(), return_cache=True,
-                                  policy_params=policy_params)
+        options = dict(policy=policy, max_new_tokens=steps, sampling=SamplingConfig(), stop_tokens=())
+        if mesh is None:
+            state = policy.init_state(policy_params, batch, capacity)
+            out, _, new = decode_loop(model, p, first, cache, state, jax.random.PRNGKey(0), return_cache=True,
+                                      policy_params=policy_params, **options)
+        else:
+            out, _, new = decode_loop_on_mesh(model, p, policy_params, first, cache, jax.random.PRNGKey(0), mesh=mesh,
+                                              **options)
         return out, new._replace(lengths=cache.lengths)
 
     first = jax.ShapeDtypeStruct((batch,), jnp.int32)
-    return jax.jit(run, donate_argnums=(2,)).lower(params, pparams, cache_spec(s.cfg, batch, capacity), first)
+    return jax.jit(run, donate_argnums=(2,)).lower(params, pparams, cache_spec(s.cfg, batch, capacity, mesh), first)
 
 
 def time_compiled(compiled, params, pparams, cache: KVCache, steps: int, repeats: int) -> tuple[list[float], KVCache]:
@@ -276,6 +295,8 @@ def parse_args(argv=None):
     parser.add_argument("--bandwidth-tbps", type=float, default=None, help="skip the copy-bandwidth measurement and use this")
     parser.add_argument("--dry-run", action="store_true", help="print the plan (memory estimates, floors, skips) and exit")
     parser.add_argument("--smoke", action="store_true", help="CPU toy run: tiny config, contexts 256/512, budget 64, 3 steps")
+    parser.add_argument("--mesh", default=None,
+                        help="decode on a device mesh: seq=N[,kv_heads=M] (default: the config's mesh: section, else one device)")
     parser.add_argument("--out", default=os.environ.get("OUT", "bench/results"))
     if parser.parse_known_args(argv)[0].smoke:  # toy defaults; options given explicitly still win
         parser.set_defaults(config="configs/tiny.yaml", contexts="256,512", batch="1,2", budget=64, n_sink=4, n_window=16,
@@ -283,10 +304,22 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def run_mesh(args) -> MeshConfig | None:
+    """The mesh of a run: --mesh, else the config's mesh: section, else None (one device)."""
+    return MeshConfig.parse(args.mesh) if args.mesh else mesh_config(load_yaml(args.config))
+
+
+def run_capacity(context: int, steps: int, mesh: MeshConfig | None) -> int:
+    """Cache slots of a run: the context + the generated tokens (+1), split evenly over mesh.seq."""
+    capacity = context + steps + 1
+    return capacity if mesh is None else local_capacity(capacity, mesh) * mesh.seq
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     s, model, predictor = load_settings(args)
     cfg = s.cfg
+    mesh = run_mesh(args)
     methods = [Method.parse(x) for x in args.methods.split(",") if x.strip()]
     batches = [int(x) for x in args.batch.split(",")]
     contexts = [int(x) for x in args.contexts.split(",")]
@@ -313,10 +346,10 @@ def main(argv=None) -> None:
     plan = []
     for batch in batches:
         for context in contexts:
-            capacity = context + args.steps + 1
+            capacity = run_capacity(context, args.steps, mesh)
             group = []
             for m in methods:
-                need = s.memory_bytes(m, batch, capacity, params_total, predictor_total)
+                need = s.memory_bytes(m, batch, capacity // (mesh.seq if mesh else 1), params_total, predictor_total)
                 floor = s.read_bytes(m, batch, context, weights, predictor_total)
                 row = dict(method=m.label, batch=batch, context=context, budget=args.budget, steps=args.steps,
                            predict_interval=m.interval if m.kind == "tokenbutler" else None,
@@ -347,7 +380,7 @@ def main(argv=None) -> None:
         for m, row in group:
             t0 = time.perf_counter()
             try:
-                lowered = lower_decode(model, predictor, s, m, params, pparams, batch, capacity, args.steps)
+                lowered = lower_decode(model, predictor, s, m, params, pparams, batch, capacity, args.steps, mesh)
             except Exception as e:  # e.g. neighbour fetch not implemented yet
                 futures.append((m, row, None, f"{type(e).__name__}: {str(e)[:300]}"))
                 continue
@@ -371,6 +404,7 @@ def main(argv=None) -> None:
                     cache = None
                     gc.collect()
                     cache = random_cache(cfg, batch, capacity, context, jax.random.PRNGKey(context + batch))
+                    cache = cache if mesh is None else place_cache(cache, mesh.build())
                 times, cache = time_compiled(compiled, params, pparams, cache, args.steps, args.repeats)
                 del compiled
             except Exception as e:  # noqa: BLE001 - one failing method must not stop the matrix
@@ -448,7 +482,7 @@ def write_outputs(args, meta: dict, s: Settings, rows: list[dict]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     settings = dict(config=args.config, budget=args.budget, n_sink=args.n_sink, n_window=args.n_window,
                     dense_layers=s.dense_layers, steps=args.steps, repeats=args.repeats, d_dash=s.pcfg.dDash,
-                    intdim=s.pcfg.intdim, producer_frequency=s.pcfg.producer_frequency)
+                    intdim=s.pcfg.intdim, producer_frequency=s.pcfg.producer_frequency, mesh=args.mesh)
     (out / "decode_latency.json").write_text(json.dumps(dict(meta=meta, settings=settings, rows=rows), indent=1))
     text = markdown(meta, s, rows, args)
     (out / "decode_latency.md").write_text(text)

@@ -23,6 +23,7 @@ from butler_jax.models.llama import LlamaForCausalLM
 from butler_jax.models.predictor_io import load_predictor
 from butler_jax.paths import DEFAULT_MODEL_CONFIG, SHIPPED_PREDICTOR, resolve_data
 from butler_jax.sampling import SamplingConfig
+from butler_jax.sharding.mesh import MeshConfig, mesh_config
 from butler_jax.sparsity import SparsityConfig, make_policy
 from butler_jax.weights import load_tokenizer, model_from_config
 from butler_jax.weights.tokenizer import apply_chat_template
@@ -58,6 +59,7 @@ class Model:
     source: str  # the model source, for the tokenizer
     predictor: tuple[Any, Any] | None = None  # (module, params)
     sparsity: SparsityConfig = field(default_factory=lambda: SparsityConfig(**DECODE_SPARSITY))
+    mesh: MeshConfig | None = None  # decode on this device mesh (butler_jax/sharding); None: one device
     _policies: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -123,7 +125,7 @@ class Model:
         policy, policy_params = self.policy(settings)
         result = decode_generate(
             self.module, self.params, prompts, max_new_tokens, policy=policy, policy_params=policy_params,
-            sampling=SamplingConfig(temperature, top_p), stop_tokens=stops, seed=seed,
+            sampling=SamplingConfig(temperature, top_p), stop_tokens=stops, seed=seed, mesh=self.mesh,
         )
         return result.rows(), time.perf_counter() - start
 
@@ -134,6 +136,7 @@ def load(
     predictor: str | Path | None = "auto",
     dtype: str | None = None,
     overrides: Sequence[str] = (),
+    mesh: MeshConfig | None = None,
 ) -> Model:
     """Load a model for generation.
 
@@ -145,6 +148,8 @@ def load(
       TokenButler), or "auto": the config's `predictor.checkpoint`, else the shipped one for the
       embedded model.
     dtype: "float32" or "bfloat16" (default: the config's).
+    mesh: decode on a device mesh (`MeshConfig(seq=N, kv_heads=M)`); default: the config's `mesh:`
+      section, else one device.
     """
     data = load_yaml(config or DEFAULT_MODEL_CONFIG, list(overrides))
     model_section = {**(data.get("model") or {}), **({"source": source} if source else {}), **({"dtype": dtype} if dtype else {})}
@@ -155,7 +160,10 @@ def load(
         module, pparams, _ = load_predictor(checkpoint, mcfg)
         pred = (module, pparams)
     sparsity = section({"sparsity": {**DECODE_SPARSITY, **(data.get("sparsity") or {})}}, "sparsity", SparsityConfig)
-    return Model(mcfg, params, model_section.get("source", "random"), pred, sparsity)
+    mesh = mesh or mesh_config(data)
+    if mesh is not None:
+        mesh.check(mcfg)
+    return Model(mcfg, params, model_section.get("source", "random"), pred, sparsity, mesh)
 
 
 def _predictor_path(predictor: str | Path | None, data: dict, source: str) -> Path | None:

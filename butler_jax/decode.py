@@ -59,18 +59,22 @@ def prompt_attention(x: LayerInputs, lengths: jnp.ndarray) -> jnp.ndarray:
 
 
 def prefill(model: LlamaForCausalLM, params, tokens, lengths, cache: KVCache, policy: Policy, state,
-            policy_params: PolicyParams = ()):
+            policy_params: PolicyParams = (), shard: Any = None):
     """Run the prompt block, fill the cache and the policy state.
 
     tokens: [B, P] right-padded, lengths: [B] -> (logits at each row's last prompt token [B, V],
-    cache with lengths set, policy state).
+    cache with lengths set, policy state). Inside a sharded decode `shard` (`sharding.local.Shard`)
+    says which part of the cache this device holds (the prompt's attention runs whole on each).
     """
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+    write = write_block if shard is None else shard.write_block
 
     def attend(layer: int, x: LayerInputs, carry):
         cache, state = carry
-        cache = cache.replace_layer(layer, write_block(cache.k[layer], x.k), write_block(cache.v[layer], x.v))
         out = prompt_attention(x, lengths)
+        if shard is not None:
+            x = shard.local_inputs(x)
+        cache = cache.replace_layer(layer, write(cache.k[layer], x.k), write(cache.v[layer], x.v))
         state = policy.observe_prefill(policy_params, layer, x, cache, lengths, state)
         return out, (cache, state)
 
@@ -81,29 +85,32 @@ def prefill(model: LlamaForCausalLM, params, tokens, lengths, cache: KVCache, po
 
 
 def decode_step(model: LlamaForCausalLM, params, token, cache: KVCache, policy: Policy, state,
-                policy_params: PolicyParams = ()):
-    """One token per row at position cache.lengths -> (logits [B, V], cache, state).
+                policy_params: PolicyParams = (), shard: Any = None):
+    """One token per row at position cache.lengths -> (logits [B, V], cache, state); `shard` as in `prefill`.
 
     A policy with several kinds of step (`step_variants`) gets one `lax.switch` around the whole
     step, its layers running with the kind fixed; others run the layers directly."""
     index, variants = step_variants(policy, state)
     if index is None:
-        return _layers_step(model, params, token, cache, variants[0], state, policy_params)
-    branches = [lambda c, s, v=v: _layers_step(model, params, token, c, v, s, policy_params) for v in variants]
+        return _layers_step(model, params, token, cache, variants[0], state, policy_params, shard)
+    branches = [lambda c, s, v=v: _layers_step(model, params, token, c, v, s, policy_params, shard) for v in variants]
     return jax.lax.switch(index, branches, cache, state)
 
 
 def _layers_step(model: LlamaForCausalLM, params, token, cache: KVCache, policy: Policy, state,
-                 policy_params: PolicyParams = ()):
+                 policy_params: PolicyParams = (), shard: Any = None):
     """decode_step's layers with one static policy."""
     positions = cache.lengths[:, None]
+    write = write_token if shard is None else shard.write_token
 
     def attend(layer: int, x: LayerInputs, carry):
         cache, state = carry
-        cache = cache.replace_layer(layer, write_token(cache.k[layer], x.k, cache.lengths),
-                                    write_token(cache.v[layer], x.v, cache.lengths))
+        if shard is not None:
+            x = shard.local_inputs(x)
+        cache = cache.replace_layer(layer, write(cache.k[layer], x.k, cache.lengths),
+                                    write(cache.v[layer], x.v, cache.lengths))
         out, state = policy.attend(policy_params, layer, x, cache, state)
-        return out, (cache, state)
+        return (out if shard is None else shard.all_heads(out)), (cache, state)
 
     h, (cache, state) = model.apply({"params": params}, token[:, None], positions, attend, (cache, state), method="hidden")
     logits = model.apply({"params": params}, h[:, 0], method="logits")
@@ -123,9 +130,9 @@ class GenerationResult:
 
 def decode_loop(model: LlamaForCausalLM, params, first, cache: KVCache, state, key, *, policy: Policy,
                 max_new_tokens: int, sampling: SamplingConfig, stop_tokens: tuple[int, ...], return_cache: bool = False,
-                policy_params: PolicyParams = ()):
+                policy_params: PolicyParams = (), shard: Any = None):
     """Tokens [B, max_new_tokens] (first = the token sampled from prefill) and counts [B], in one
-    while_loop (and the final cache when `return_cache`)."""
+    while_loop (and the final cache when `return_cache`); `shard` as in `prefill`."""
     batch = first.shape[0]
     stops = jnp.asarray(stop_tokens or (-1,), jnp.int32)
     out = jnp.zeros((batch, max_new_tokens), jnp.int32).at[:, 0].set(first)
@@ -138,7 +145,7 @@ def decode_loop(model: LlamaForCausalLM, params, first, cache: KVCache, state, k
 
     def body(carry):
         step, out, done, count, cache, state, key = carry
-        logits, cache, state = decode_step(model, params, out[:, step - 1], cache, policy, state, policy_params)
+        logits, cache, state = decode_step(model, params, out[:, step - 1], cache, policy, state, policy_params, shard)
         key, sub = jax.random.split(key)
         token = jnp.where(done, 0, sample(logits, sub, sampling))
         out = out.at[:, step].set(token)
@@ -187,6 +194,7 @@ def generate(
     capacity: int | None = None,
     seed: int = 0,
     prompt_width: int | None = None,
+    mesh: Any = None,
 ) -> GenerationResult:
     """Generate up to `max_new_tokens` per prompt (token lists of any lengths) in one jitted loop.
 
@@ -195,6 +203,8 @@ def generate(
     a prompt that does not fit raises CacheCapacityError. A row's stop token is kept in its output.
     `prompt_width` pads every prompt block to that many tokens (one compiled shape for calls with
     prompts of different lengths); default: the longest prompt rounded up to PAD_MULTIPLE.
+    `mesh` (a `sharding.mesh.MeshConfig`): decode on that device mesh (`sharding/decode.py`), the
+    cache split along the sequence (and KV heads); None: one device.
     """
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens={max_new_tokens} must be >= 1")
@@ -207,9 +217,13 @@ def generate(
     check_capacity(capacity, int(lengths.max()), max_new_tokens)
     capacity = max(capacity, tokens.shape[1])
     model.cfg.check_context(capacity, "generate (cache capacity: padded prompt + new tokens)", cached=True)
-    out, count = _generate(
-        model, params, policy_params, jnp.asarray(tokens), jnp.asarray(lengths), jax.random.PRNGKey(seed),
-        policy=policy or DensePolicy(), max_new_tokens=max_new_tokens, sampling=sampling,
-        stop_tokens=tuple(int(t) for t in stop_tokens), capacity=capacity,
-    )
+    args = (model, params, policy_params, jnp.asarray(tokens), jnp.asarray(lengths), jax.random.PRNGKey(seed))
+    options = dict(policy=policy or DensePolicy(), max_new_tokens=max_new_tokens, sampling=sampling,
+                   stop_tokens=tuple(int(t) for t in stop_tokens), capacity=capacity)
+    if mesh is None:
+        out, count = _generate(*args, **options)
+    else:
+        from butler_jax.sharding.decode import generate_sharded
+
+        out, count = generate_sharded(*args, mesh=mesh, **options)
     return GenerationResult(np.asarray(out), np.asarray(count))

@@ -2,7 +2,8 @@
 
 Uses the embedded SmolLM2-135M-Instruct and its shipped predictor unless --config / --model /
 --predictor name others. Prints each continuation and the tokens/s of the call (with --warmup:
-of a second, compiled call).
+of a second, compiled call). `--mesh seq=N[,kv_heads=M]` (or the config's `mesh:` section)
+decodes on a device mesh (butler_jax/sharding).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from butler_jax.cli import add_debug_flag, run_cli
 from butler_jax.config import ModelConfig, load_yaml, section
 from butler_jax.errors import ConfigError
 from butler_jax.sampling import SamplingConfig
+from butler_jax.sharding.mesh import MeshConfig, mesh_config
 from butler_jax.sparsity import METHODS
 
 
@@ -32,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-chat", action="store_true", help="do not wrap prompts in the chat template")
+    parser.add_argument("--mesh", default=None, help="decode on a device mesh: seq=N[,kv_heads=M] (default: the config's mesh: section)")
     parser.add_argument("--warmup", action="store_true", help="run once to compile, then time a second run")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. model.dtype=bfloat16 sparsity.n_window=32")
     return add_debug_flag(parser)
@@ -48,7 +51,11 @@ def check_arguments(args: argparse.Namespace) -> None:
     SamplingConfig(temperature=args.temperature, top_p=args.top_p)
     if args.max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens {args.max_new_tokens} must be >= 1")
-    model = section(load_yaml(args.config, args.overrides), "model", ModelConfig)
+    data = load_yaml(args.config, args.overrides)
+    model = section(data, "model", ModelConfig)
+    mesh = MeshConfig.parse(args.mesh) if args.mesh else mesh_config(data)
+    if mesh is not None:
+        mesh.check(model)
     if 1 + args.max_new_tokens > model.max_position_embeddings:
         raise ConfigError(f"a prompt of at least 1 token plus --max-new-tokens {args.max_new_tokens} exceeds the "
                           f"model's {model.max_position_embeddings} positions (model.max_position_embeddings)",
@@ -61,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     from butler_jax.api import load
 
     predictor = None if args.method != "tokenbutler" else args.predictor
-    model = load(args.model, config=args.config, predictor=predictor, overrides=args.overrides)
+    mesh = MeshConfig.parse(args.mesh) if args.mesh else None
+    model = load(args.model, config=args.config, predictor=predictor, overrides=args.overrides, mesh=mesh)
     options = dict(method=args.method, budget=args.budget, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                    top_p=args.top_p, seed=args.seed, chat=not args.no_chat, **sparsity_options(args))
     out = model.generate(args.prompt, **options)

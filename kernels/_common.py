@@ -139,6 +139,24 @@ def combine_splits(
     )(o, m, l)
 
 
+def split_lse(m: jax.Array, l: jax.Array) -> jax.Array:
+    """Log-sum-exp of the logits behind split-K partials: m, l [B, H, S, R] (running max, finite;
+    sum of exp(s - m)) -> [B, H * R] fp32; -inf where no split counted a token (l = 0 everywhere)."""
+    b, h, _, r = m.shape
+    top = m.max(axis=2)
+    total = (l * jnp.exp(m - top[:, :, None])).sum(axis=2)
+    lse = jnp.where(total > 0, top + jnp.log(jnp.where(total > 0, total, 1.0)), -jnp.inf)
+    return lse.reshape(b, h * r)
+
+
+def reference_lse(s: jax.Array) -> jax.Array:
+    """Log-sum-exp over the last axis of masked logits s [..., T] (-inf = masked) -> [...]; -inf if all masked."""
+    m = s.max(axis=-1)
+    finite = jnp.isfinite(m)
+    total = jnp.exp(s - jnp.where(finite, m, 0.0)[..., None]).sum(axis=-1)
+    return jnp.where(finite, m + jnp.log(jnp.where(total > 0, total, 1.0)), -jnp.inf)
+
+
 def online_softmax_step(
     q: jax.Array,
     k: jax.Array,

@@ -19,8 +19,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from butler_jax.kernels._common import (attention_options, cdiv, check_qkv, combine_splits,
-                             load_query, next_power_of_2, online_softmax_step,
-                             resolve_implementation, softmax_init, store_partials)
+                             load_query, next_power_of_2, online_softmax_step, reference_lse,
+                             resolve_implementation, softmax_init, split_lse, store_partials)
 
 _MIN_DOT_ROWS = 16  # Triton dot tiles need at least 16 rows; query rows are padded (masked).
 _TARGET_PROGRAMS = 128  # default split count aims at about this many programs (132 SMs).
@@ -42,11 +42,13 @@ def dense_decode_attention_reference(
     lengths: jax.Array,
     *,
     scale: float | None = None,
-) -> jax.Array:
+    return_lse: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Pure-JAX dense decode attention with fp32 softmax; token t of row b counts iff t < lengths[b].
 
     q: [B, Hq, D]; k_cache, v_cache: [B, Hkv, T, D]; lengths: [B] int32. Returns [B, Hq, D]
-    in q.dtype; rows with length 0 give 0.
+    in q.dtype; rows with length 0 give 0. With `return_lse` also the log-sum-exp of the scaled
+    logits [B, Hq] fp32 (-inf for rows with length 0), to merge partial results.
     """
     _check_inputs(q, k_cache, v_cache, lengths)
     b, hq, d = q.shape
@@ -59,8 +61,8 @@ def dense_decode_attention_reference(
     p = jnp.exp(s - jnp.where(jnp.isfinite(m), m, 0.0))
     l = p.sum(axis=-1, keepdims=True)
     o = jnp.einsum("bhgt,bhtd->bhgd", p, v_cache.astype(jnp.float32))
-    o = o / jnp.where(l > 0, l, 1.0)
-    return o.reshape(b, hq, d).astype(q.dtype)
+    o = (o / jnp.where(l > 0, l, 1.0)).reshape(b, hq, d).astype(q.dtype)
+    return (o, reference_lse(s).reshape(b, hq)) if return_lse else o
 
 
 def _dense_kernel(q_ref, k_ref, v_ref, len_ref, o_ref, m_ref, l_ref, *, rows, block_k, split_len,
@@ -89,8 +91,8 @@ def _dense_kernel(q_ref, k_ref, v_ref, len_ref, o_ref, m_ref, l_ref, *, rows, bl
     store_partials(o_ref, m_ref, l_ref, jax.lax.fori_loop(0, n_blocks, body, init), rows)
 
 
-def _dense_pallas(q, k_cache, v_cache, lengths, *, scale, interpret, block_k, num_splits, num_warps,
-                  num_stages):
+def _dense_pallas(q, k_cache, v_cache, lengths, *, scale, interpret, return_lse, block_k, num_splits,
+                  num_warps, num_stages):
     b, hq, d = q.shape
     hkv, t = k_cache.shape[1], k_cache.shape[2]
     rows = hq // hkv
@@ -126,7 +128,8 @@ def _dense_pallas(q, k_cache, v_cache, lengths, *, scale, interpret, block_k, nu
         interpret=interpret,
         name="dense_decode_attention",
     )(q.reshape(b, hkv, rows, d), k_cache, v_cache, lengths)
-    return combine_splits(o, m, l, q.dtype, interpret).reshape(b, hq, d)
+    out = combine_splits(o, m, l, q.dtype, interpret).reshape(b, hq, d)
+    return (out, split_lse(m, l)) if return_lse else out
 
 
 def dense_decode_attention(
@@ -138,8 +141,9 @@ def dense_decode_attention(
     scale: float | None = None,
     implementation: str = "auto",
     interpret: bool = False,
+    return_lse: bool = False,
     **tuning,
-) -> jax.Array:
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Decode attention of q over the first lengths[b] cache rows of each batch row.
 
     q: [B, Hq, D]; k_cache, v_cache: [B, Hkv, T, D] (bf16/f16/f32, same dtype), Hq = G * Hkv;
@@ -147,10 +151,12 @@ def dense_decode_attention(
     rows with length 0 give 0. scale defaults to 1/sqrt(D). implementation: "pallas" | "xla" |
     "auto" (Pallas on GPU). tuning (Pallas only): block_k (tokens per step, power of 2 >= 16),
     num_splits (split-K count, default aims at ~128 programs), num_warps, num_stages.
+    return_lse: also return the log-sum-exp of the scaled logits [B, Hq] fp32 (-inf for rows
+    with length 0), so partial results over disjoint token sets can be merged.
     """
     _check_inputs(q, k_cache, v_cache, lengths)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if resolve_implementation(implementation, interpret) == "xla":
-        return dense_decode_attention_reference(q, k_cache, v_cache, lengths, scale=scale)
+        return dense_decode_attention_reference(q, k_cache, v_cache, lengths, scale=scale, return_lse=return_lse)
     opts = attention_options(_TUNING, tuning, q.shape[-1])
-    return _dense_pallas(q, k_cache, v_cache, lengths, scale=scale, interpret=interpret, **opts)
+    return _dense_pallas(q, k_cache, v_cache, lengths, scale=scale, interpret=interpret, return_lse=return_lse, **opts)

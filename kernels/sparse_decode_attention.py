@@ -27,8 +27,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from butler_jax.kernels._common import (attention_options, cdiv, check_qkv, combine_splits,
-                             load_query, next_power_of_2, online_softmax_step,
-                             resolve_implementation, softmax_init, store_partials)
+                             load_query, next_power_of_2, online_softmax_step, reference_lse,
+                             resolve_implementation, softmax_init, split_lse, store_partials)
 
 _MIN_DOT_ROWS = 16  # Triton dot tiles need at least 16 rows; query rows are padded (masked).
 _TARGET_PROGRAMS = 256  # default split count aims at about this many programs (132 SMs).
@@ -59,11 +59,13 @@ def sparse_decode_attention_reference(
     valid: jax.Array,
     *,
     scale: float | None = None,
-) -> jax.Array:
+    return_lse: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Pure-JAX sparse decode attention: gather, fp32 masked softmax. Same contract as the kernel.
 
     q: [B, Hq, D]; k_cache, v_cache: [B, Hkv, T, D]; indices, valid: [B, Hsel, K] with
-    Hsel in (Hkv, Hq). Returns [B, Hq, D] in q.dtype; all-invalid rows give 0.
+    Hsel in (Hkv, Hq). Returns [B, Hq, D] in q.dtype; all-invalid rows give 0 (and with
+    `return_lse` the log-sum-exp [B, Hq] fp32 of the valid slots' scaled logits, -inf if none).
     """
     _check_inputs(q, k_cache, v_cache, indices, valid)
     b, hq, d = q.shape
@@ -83,7 +85,8 @@ def sparse_decode_attention_reference(
     p = jnp.exp(s - jnp.where(jnp.isfinite(m), m, 0.0))
     l = p.sum(axis=-1, keepdims=True)
     o = jnp.einsum("bhrk,bhkd->bhrd", p, v, precision=hp) / jnp.where(l > 0, l, 1.0)
-    return o.reshape(b, hq, d).astype(q.dtype)
+    o = o.reshape(b, hq, d).astype(q.dtype)
+    return (o, reference_lse(s).reshape(b, hq)) if return_lse else o
 
 
 def _sparse_kernel(q_ref, k_ref, v_ref, idx_ref, valid_ref, o_ref, m_ref, l_ref, *, rows, block_k,
@@ -131,8 +134,8 @@ def _default_splits(n_programs: int, n_blocks: int) -> int:
     return max(1, min(n_blocks, next_power_of_2(cdiv(_TARGET_PROGRAMS, n_programs))))
 
 
-def _sparse_pallas(q, k_cache, v_cache, indices, valid, *, scale, interpret, block_k, num_splits,
-                   num_warps, num_stages):
+def _sparse_pallas(q, k_cache, v_cache, indices, valid, *, scale, interpret, return_lse, block_k,
+                   num_splits, num_warps, num_stages):
     b, hq, d = q.shape
     hkv, t = k_cache.shape[1], k_cache.shape[2]
     hsel, k = indices.shape[1], indices.shape[2]
@@ -170,7 +173,8 @@ def _sparse_pallas(q, k_cache, v_cache, indices, valid, *, scale, interpret, blo
         interpret=interpret,
         name="sparse_decode_attention",
     )(q.reshape(b, hsel, rows, d), k_cache, v_cache, indices, valid)
-    return combine_splits(o, m, l, q.dtype, interpret).reshape(b, hq, d)
+    out = combine_splits(o, m, l, q.dtype, interpret).reshape(b, hq, d)
+    return (out, split_lse(m, l)) if return_lse else out
 
 
 def sparse_decode_attention(
@@ -183,8 +187,9 @@ def sparse_decode_attention(
     scale: float | None = None,
     implementation: str = "auto",
     interpret: bool = False,
+    return_lse: bool = False,
     **tuning,
-) -> jax.Array:
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Decode attention of q over the selected cache rows.
 
     q: [B, Hq, D]; k_cache, v_cache: [B, Hkv, T, D] (bf16/f16/f32, same dtype), Hq = G * Hkv;
@@ -194,10 +199,14 @@ def sparse_decode_attention(
     scale defaults to 1/sqrt(D). implementation: "pallas" | "xla" | "auto" (Pallas on GPU).
     tuning (Pallas only): block_k (indices per step, power of 2 >= 16), num_splits (split-K
     count, default aims at ~256 programs), num_warps, num_stages.
+    return_lse: also return the log-sum-exp of the valid slots' scaled logits [B, Hq] fp32 (-inf
+    for rows with no valid slot), so partial results over disjoint token sets can be merged.
     """
     _check_inputs(q, k_cache, v_cache, indices, valid)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if resolve_implementation(implementation, interpret) == "xla":
-        return sparse_decode_attention_reference(q, k_cache, v_cache, indices, valid, scale=scale)
+        return sparse_decode_attention_reference(q, k_cache, v_cache, indices, valid, scale=scale,
+                                                 return_lse=return_lse)
     opts = attention_options(_TUNING, tuning, q.shape[-1])
-    return _sparse_pallas(q, k_cache, v_cache, indices, valid, scale=scale, interpret=interpret, **opts)
+    return _sparse_pallas(q, k_cache, v_cache, indices, valid, scale=scale, interpret=interpret,
+                          return_lse=return_lse, **opts)

@@ -179,3 +179,47 @@ def test_attention_kernels_lower_for_cuda():
     for fn, args in ((sparse, (q, cache, cache, idx, ok)), (dense, (q, cache, cache, lengths))):
         mod = export.export(fn, platforms=["cuda"], disabled_checks=checks)(*args).mlir_module()
         assert mod.count("xla.gpu.triton") == 2  # the attention kernel and combine_splits
+
+
+def _lse(s: np.ndarray) -> np.ndarray:
+    """log-sum-exp over the last axis of logits s (-inf = not counted) -> [...]; -inf where nothing counts."""
+    top = s.max(-1)
+    safe = np.where(np.isfinite(top), top, 0.0)
+    total = np.exp(s - safe[..., None]).sum(-1)
+    return np.where(np.isfinite(top), safe + np.log(np.where(total > 0, total, 1.0)), -np.inf)
+
+
+@pytest.mark.parametrize("interpret", KERNEL_MODES)
+def test_dense_return_lse_gives_the_logits_log_sum_exp(interpret):
+    """return_lse=True: the same output and the LSE of the counted tokens (-inf for an empty row),
+    from the kernel's split partials and from the reference."""
+    q, kc, vc = _inputs(7, 3, 2, 2, 50, 32, jnp.float32)
+    lengths = jnp.asarray([50, 0, 19], jnp.int32)
+    qn, kn = np.asarray(q, np.float64), np.repeat(np.asarray(kc, np.float64), 2, axis=1)
+    s = np.einsum("bhd,bhtd->bht", qn, kn) / math.sqrt(32)
+    want = _lse(np.where(np.arange(50)[None, None, :] < np.asarray(lengths)[:, None, None], s, -np.inf))
+    for impl in ("pallas", "xla"):
+        tuning = {"block_k": 16, "num_splits": 3} if impl == "pallas" else {}
+        out, lse = dense_decode_attention(q, kc, vc, lengths, implementation=impl, interpret=interpret,
+                                          return_lse=True, **tuning)
+        assert lse.shape == (3, 4) and lse.dtype == jnp.float32
+        np.testing.assert_allclose(np.asarray(lse), want, atol=1e-4)
+        plain = dense_decode_attention(q, kc, vc, lengths, implementation=impl, interpret=interpret, **tuning)
+        np.testing.assert_array_equal(np.asarray(out), np.asarray(plain))
+
+
+@pytest.mark.parametrize("interpret", KERNEL_MODES)
+def test_sparse_return_lse_gives_the_selection_log_sum_exp(interpret):
+    """Every valid slot counts (a duplicate twice); (b=0, head 0) has no valid slot: -inf."""
+    q, kc, vc = _inputs(8, 2, 2, 2, 40, 32, jnp.float32)
+    idx, valid = _selection(9, 2, 2, 21, 40)
+    qn, kn, ix, ok = np.asarray(q, np.float64), np.asarray(kc, np.float64), np.asarray(idx), np.asarray(valid)
+    rows = kn[np.arange(2)[:, None, None], np.arange(2)[None, :, None], ix]  # [B, Hsel, K, D]
+    s = np.einsum("bhgd,bhkd->bhgk", qn.reshape(2, 2, 2, 32), rows) / math.sqrt(32)
+    want = _lse(np.where(ok[:, :, None, :], s, -np.inf)).reshape(2, 4)
+    for impl in ("pallas", "xla"):
+        tuning = {"block_k": 16, "num_splits": 2} if impl == "pallas" else {}
+        _, lse = sparse_decode_attention(q, kc, vc, idx, valid, implementation=impl, interpret=interpret,
+                                         return_lse=True, **tuning)
+        np.testing.assert_allclose(np.asarray(lse), want, atol=1e-4)
+        assert np.isneginf(np.asarray(lse)[0, :2]).all()

@@ -129,16 +129,20 @@ class PaperPredictor(nn.Module):
         return PredictorCache(jnp.zeros((batch, h, capacity, h_a)), jnp.zeros((batch, h, capacity, h_a)),
                               jnp.zeros((batch, n, h, capacity, self.pcfg.dDash)))
 
-    def prefill(self, x: jnp.ndarray, positions: jnp.ndarray, lengths: jnp.ndarray, cache: PredictorCache):
-        """Prompt block x [B, P, D] (right padded to lengths [B]) -> (Q [B, P, N, H, d'], filled cache)."""
+    def prefill_blocks(self, x: jnp.ndarray, positions: jnp.ndarray, lengths: jnp.ndarray):
+        """Prompt block x [B, P, D] (right padded to lengths [B]) -> (Q [B, P, N, H, d'], the cache's
+        blocks in its layout: mini-attention k, v [B, H, P, h_a], importance keys [B, N, H, P, d'])."""
         x = x.astype(jnp.float32)
         q, k, v = self._mini_qkv(x, positions)
         a = causal_attention(q, k, v, positions, positions, k_lengths=lengths)
         qi, ki = self._importance(x, a.reshape(*x.shape[:2], -1), positions, True)
+        return qi, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), jnp.transpose(ki, (0, 2, 3, 1, 4))
+
+    def prefill(self, x: jnp.ndarray, positions: jnp.ndarray, lengths: jnp.ndarray, cache: PredictorCache):
+        """Prompt block x [B, P, D] (right padded to lengths [B]) -> (Q [B, P, N, H, d'], filled cache)."""
+        qi, k, v, ki = self.prefill_blocks(x, positions, lengths)
         put = lambda buf, blk: jax.lax.dynamic_update_slice(buf, blk.astype(buf.dtype), (0,) * buf.ndim)  # noqa: E731
-        cache = PredictorCache(put(cache.k, jnp.swapaxes(k, 1, 2)), put(cache.v, jnp.swapaxes(v, 1, 2)),
-                               put(cache.imp_k, jnp.transpose(ki, (0, 2, 3, 1, 4))))
-        return qi, cache
+        return qi, PredictorCache(put(cache.k, k), put(cache.v, v), put(cache.imp_k, ki))
 
     def step(self, x: jnp.ndarray, positions: jnp.ndarray, cache: PredictorCache):
         """One token per row, x [B, 1, D] at positions [B, 1] -> (Q [B, 1, N, H, d'], cache)."""

@@ -26,6 +26,7 @@ from butler_jax.cache import KVCache
 from butler_jax.config import ModelConfig
 from butler_jax.decode_attention import dense_attend
 from butler_jax.models.llama import LayerInputs
+from butler_jax.sharding import attention as sharded_attention
 from butler_jax.sparsity.stats import LayerStats
 
 if TYPE_CHECKING:
@@ -90,6 +91,10 @@ def step_variants(policy: Policy, state: Any) -> tuple[jnp.ndarray | None, tuple
     return hook(state) if hook is not None else (None, (policy,))
 
 
-def dense_layer(layer: int, x: LayerInputs, cache: KVCache, implementation: str) -> jnp.ndarray:
-    """The decode step's dense attention at `layer`: every cached token 0..cache.lengths[b]."""
+def dense_layer(layer: int, x: LayerInputs, cache: KVCache, implementation: str, shard: Any = None) -> jnp.ndarray:
+    """The decode step's dense attention at `layer`: every cached token 0..cache.lengths[b]
+    (inside a sharded decode, `shard` (`sharding.local.Shard`): this device's part, merged)."""
+    if shard is not None:
+        return sharded_attention.dense_attend(x.q, cache.k[layer], cache.v[layer], cache.lengths + 1, shard,
+                                              implementation)
     return dense_attend(x.q, cache.k[layer], cache.v[layer], cache.lengths + 1, implementation)

@@ -25,6 +25,7 @@ class DensePolicy:
     statistics are measured like every policy's (sparsity 0, Oracle recall 1)."""
 
     settings: "SparsityConfig" = field(default_factory=_default_settings)
+    shard: Any = field(default=None, kw_only=True)  # sharding.local.Shard in a sharded decode (sharding/decode.py)
 
     @classmethod
     def build(cls, sparsity, cfg, predictor=None):
@@ -37,7 +38,7 @@ class DensePolicy:
         return state
 
     def attend(self, params, layer, x, cache, state):
-        return dense_layer(layer, x, cache, self.settings.implementation), state
+        return dense_layer(layer, x, cache, self.settings.implementation, self.shard), state
 
     def init_simulation(self, params, batch: int, length: int) -> Any:
         return ()

@@ -50,20 +50,23 @@ class QuestPolicy(ScoredPolicy):
     def n_recent(self) -> int:
         return max(self.settings.n_window, 1 if self.page_size > 1 else 0)
 
-    def _token_scores(self, q, k, q_pos, k_valid):
+    def _token_scores(self, q, k, q_pos, k_valid, k_pos=None):
+        """Token scores [B, Hs, Tq, T] of keys k [B, Hkv, T, D] at positions k_pos [T] (default 0..T-1;
+        a sharded decode's device range starts at a multiple of the page size)."""
         kmax, kmin = page_bounds(k, self.page_size, k_valid)
         scores = self.reduce_heads(page_scores(q, kmax, kmin))  # [B, Hs, Tq, P]
         t = k.shape[2]
         tokens = jnp.repeat(scores, self.page_size, axis=-1)[..., :t]
         if self.page_size == 1:
             return tokens
-        own_page = (jnp.arange(t) // self.page_size) == (q_pos[:, None, :, None] // self.page_size)
+        k_pos = jnp.arange(t) if k_pos is None else k_pos
+        own_page = (k_pos // self.page_size) == (q_pos[:, None, :, None] // self.page_size)
         return jnp.where(own_page, jnp.inf, tokens)
 
     def decode_scores(self, params, layer, x, cache, state):
-        pos = cache.lengths
-        valid = (jnp.arange(cache.capacity)[None, :] <= pos[:, None])[:, None]
-        return self._token_scores(x.q, cache.k[layer], pos[:, None], valid)[:, :, 0], state
+        pos, slots = cache.lengths, self.positions(cache.capacity)
+        valid = (slots[None, :] <= pos[:, None])[:, None]
+        return self._token_scores(x.q, cache.k[layer], pos[:, None], valid, slots)[:, :, 0], state
 
     def simulated_scores(self, params, layer, x, rows, logits, carry):
         k = jnp.swapaxes(x.k, 1, 2)

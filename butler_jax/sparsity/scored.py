@@ -8,7 +8,7 @@ the selection happens in `select` and the attention in `attend`, one call each.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import jax.numpy as jnp
@@ -17,6 +17,8 @@ from butler_jax.cache import KVCache
 from butler_jax.config import ModelConfig
 from butler_jax.decode_attention import sparse_attend
 from butler_jax.models.llama import LayerInputs
+from butler_jax.sharding import attention as sharded_attention
+from butler_jax.sharding import select as sharded_selection
 from butler_jax.sparsity.base import dense_layer
 from butler_jax.sparsity.select import decode_select, group_reduce, simulated_keep
 from butler_jax.sparsity.simulate import chunked_simulation
@@ -32,6 +34,7 @@ class ScoredPolicy:
 
     cfg: ModelConfig
     settings: "SparsityConfig"
+    shard: Any = field(default=None, kw_only=True)  # sharding.local.Shard in a sharded decode (sharding/decode.py)
 
     @classmethod
     def build(cls, sparsity, cfg, predictor=None):
@@ -67,8 +70,24 @@ class ScoredPolicy:
         return state
 
     def k_max(self, capacity: int) -> int:
-        """Slots of a step's index list: the budget's largest kept count (forced tokens inside it)."""
+        """Slots of a step's index list: the budget's largest kept count (forced tokens inside it);
+        `capacity` is the buffer's (a device's part of it in a sharded decode)."""
+        if self.shard is not None:
+            capacity = self.shard.global_capacity(capacity)
         return self.settings.token_budget.max_kept(capacity)
+
+    def positions(self, capacity: int) -> jnp.ndarray:
+        """Global positions [capacity] of the buffer slots (this device's range in a sharded decode)."""
+        return jnp.arange(capacity) if self.shard is None else self.shard.positions(capacity)
+
+    def select_top(self, scores: jnp.ndarray, query_pos: jnp.ndarray, capacity: int, n_recent: int):
+        """`decode_select` of scores [B, Hsel, capacity] (`sharding.select.sharded_select` when sharded)."""
+        s = self.settings
+        if self.shard is None:
+            return decode_select(scores, query_pos, s.token_budget, self.k_max(capacity), s.n_sink, n_recent,
+                                 s.implementation)
+        return sharded_selection.sharded_select(scores, query_pos, s.token_budget, self.k_max(capacity), s.n_sink,
+                                                n_recent, self.shard, s.implementation)
 
     def reduce_heads(self, scores: jnp.ndarray) -> jnp.ndarray:
         """Per-KV-head selection: the max of the group's scores (a token any head ranks high)."""
@@ -77,18 +96,19 @@ class ScoredPolicy:
     def select(self, params, layer: int, x: LayerInputs, cache: KVCache, state: Any):
         """(indices, valid [B, Hsel, K], state) for the step's query."""
         scores, state = self.decode_scores(params, layer, x, cache, state)
-        s = self.settings
-        indices, valid = decode_select(scores, cache.lengths, s.token_budget, self.k_max(cache.capacity), s.n_sink,
-                                       self.n_recent, s.implementation)
+        indices, valid = self.select_top(scores, cache.lengths, cache.capacity, self.n_recent)
         return indices, valid, state
 
     def attend(self, params, layer: int, x: LayerInputs, cache: KVCache, state: Any) -> tuple[jnp.ndarray, Any]:
         state = self.observe_decode(params, layer, x, cache, state)
+        impl = self.settings.implementation
         if layer < self.settings.dense_layers:
-            return dense_layer(layer, x, cache, self.settings.implementation), state
+            return dense_layer(layer, x, cache, impl, self.shard), state
         indices, valid, state = self.select(params, layer, x, cache, state)
-        out = sparse_attend(x.q, cache.k[layer], cache.v[layer], indices, valid, self.settings.implementation)
-        return out, state
+        if self.shard is not None:
+            return sharded_attention.sparse_attend(x.q, cache.k[layer], cache.v[layer], indices, valid, self.shard,
+                                                   impl), state
+        return sparse_attend(x.q, cache.k[layer], cache.v[layer], indices, valid, impl), state
 
     def init_simulation(self, params, batch: int, length: int) -> Any:
         return ()

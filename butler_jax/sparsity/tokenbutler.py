@@ -34,13 +34,14 @@ import jax
 import jax.numpy as jnp
 
 from butler_jax.attention import attention_logits
+from butler_jax.sharding.attention import masked_attend
 from butler_jax.models.predictor import PaperPredictor, importance_logits
 from butler_jax.models.predictor_adapter import PredictorAdapter, PredictorModule
 from butler_jax.models.predictor_longctx import LongctxPredictor, longctx_scores
 from butler_jax.sparsity.base import register
 from butler_jax.sparsity.neighbors import expand_neighbor_mask, expand_neighbors
 from butler_jax.sparsity.scored import ScoredPolicy
-from butler_jax.sparsity.select import decode_select, forced_keys, selects_ascending
+from butler_jax.sparsity.select import forced_keys, selects_ascending
 
 
 class TokenButlerState(NamedTuple):
@@ -86,6 +87,19 @@ class TokenButlerBase(ScoredPolicy):
     def _apply(self, params, method: str, *args):
         return self.module.apply({"params": params}, *args, method=method)
 
+    def _put_rows(self, buf, values, positions, axis: int):
+        """buf.at[rows, ..., positions (at `axis`)].set(values): one token per row at global positions [B]."""
+        if self.shard is not None:
+            return self.shard.write_rows(buf, values, positions, axis)
+        index = (jnp.arange(buf.shape[0]),) + (slice(None),) * (axis - 1) + (positions,)
+        return buf.at[index].set(values.astype(buf.dtype))
+
+    def _put_prefix(self, buf, block, axis: int):
+        """A prompt block (buf's layout, tokens at `axis`) written at positions 0..P-1."""
+        if self.shard is not None:
+            return self.shard.write_prefix(buf, block, axis)
+        return jax.lax.dynamic_update_slice(buf, block.astype(buf.dtype), (0,) * buf.ndim)
+
     # --- decode-simulated prefill: the adapter's layer map -------------------------------------
     def init_simulation(self, params, batch: int, length: int) -> Any:
         return None, None  # (adapter state, this layer's (qi, ki))
@@ -128,9 +142,8 @@ class TokenButlerBase(ScoredPolicy):
 
     def _predict(self, params, layer, x, cache, state: TokenButlerState):
         """A fresh selection (indices, valid) [B, Hsel, k_select] for the step's query."""
-        s, k_max = self.settings, self.k_max(cache.capacity)
         scores, state = self.decode_scores(params, layer, x, cache, state)
-        idx, ok = decode_select(scores, cache.lengths, s.token_budget, k_max, s.n_sink, s.n_window, s.implementation)
+        idx, ok = self.select_top(scores, cache.lengths, cache.capacity, self.settings.n_window)
         if self.neighbor_fetch:
             idx, ok = self._expand(idx, ok, cache.lengths, cache.capacity)
         return idx, ok, state
@@ -210,14 +223,34 @@ class TokenButlerPolicy(TokenButlerBase):
     def observe_prefill(self, params, layer, x, cache, lengths, state: TokenButlerState):
         if layer != 0:
             return state
-        _, pcache = self._apply(params, "prefill", x.normed, x.positions, lengths, state.cache)
-        return state._replace(cache=pcache)
+        if self.shard is None:
+            _, pcache = self._apply(params, "prefill", x.normed, x.positions, lengths, state.cache)
+            return state._replace(cache=pcache)
+        _, k, v, ki = self._apply(params, "prefill_blocks", x.normed, x.positions, lengths)
+        pc = state.cache
+        return state._replace(cache=pc._replace(k=self._put_prefix(pc.k, k, 2), v=self._put_prefix(pc.v, v, 2),
+                                                imp_k=self._put_prefix(pc.imp_k, ki, 3)))
 
     def observe_decode(self, params, layer, x, cache, state: TokenButlerState):
         if layer != 0:
             return state
-        query, pcache = self._apply(params, "step", x.normed, x.positions, state.cache)
+        if self.shard is None:
+            query, pcache = self._apply(params, "step", x.normed, x.positions, state.cache)
+        else:
+            query, pcache = self._sharded_step(params, x.normed, x.positions, state.cache)
         return self.advance(state._replace(cache=pcache, query=query[:, 0]), cache)
+
+    def _sharded_step(self, params, x, positions, pc):
+        """`PaperPredictor.step` on this device's part of the predictor cache (its mini-attention
+        merged across devices by log-sum-exp)."""
+        x = x.astype(jnp.float32)
+        q, k, v = self._apply(params, "_mini_qkv", x, positions)
+        pos = positions[:, 0]
+        pc = pc._replace(k=self._put_rows(pc.k, k[:, 0], pos, 2), v=self._put_rows(pc.v, v[:, 0], pos, 2))
+        keep = (self.shard.positions(pc.k.shape[2])[None, :] <= pos[:, None])[:, None, None, :]
+        a = masked_attend(attention_logits(q, pc.k, kv_layout="bhtd"), keep, pc.v, self.shard)
+        qi, ki = self._apply(params, "_importance", x, a.reshape(x.shape[0], 1, -1), positions, True)
+        return qi, pc._replace(imp_k=self._put_rows(pc.imp_k, ki[:, 0], pos, 3))
 
     def decode_scores(self, params, layer, x, cache, state: TokenButlerState):
         q = state.query[:, layer][:, None]  # [B, 1, H, d']
@@ -244,14 +277,13 @@ class TokenButlerLongctxPolicy(TokenButlerBase):
     def observe_prefill(self, params, layer, x, cache, lengths, state: TokenButlerState):
         keys = list(state.cache)
         block = jnp.swapaxes(self._apply(params, "project_keys", layer, x.k), 1, 2).astype(keys[layer].dtype)
-        keys[layer] = jax.lax.dynamic_update_slice(keys[layer], block, (0, 0, 0, 0))
+        keys[layer] = self._put_prefix(keys[layer], block, 2)
         return state._replace(cache=tuple(keys))
 
     def observe_decode(self, params, layer, x, cache, state: TokenButlerState):
         keys = list(state.cache)
-        rows = jnp.arange(x.k.shape[0])
         new = self._apply(params, "project_keys", layer, x.k)[:, 0].astype(keys[layer].dtype)  # [B, Hkv, d']
-        keys[layer] = keys[layer].at[rows, :, cache.lengths].set(new)
+        keys[layer] = self._put_rows(keys[layer], new, cache.lengths, 2)
         state = state._replace(cache=tuple(keys))
         if layer == 0:
             state = self.advance(state, cache)
