@@ -162,23 +162,6 @@ def _digit_search(count_ge, ks, nbits, low_bit: int, step: int):
     return jax.lax.fori_loop(0, n_iter, body, tuple(jnp.uint32(0) for _ in ks))
 
 
-def search_keys(keys, ks, base, nbits, low_bit: int, step: int):
-    """k-th largest keys of a register-resident array by `_digit_search`.
-
-    keys: int32 array (any shape; keys < base never count); ks: targets (int32 scalars >= 1);
-    the search covers v = base + x for x < 2**nbits whose `low_bit` lowest bits are zero.
-    Returns, for each k, the largest such v with at least k keys >= v (base when there is none).
-    """
-    xs = _digit_search(_count_registers(_offsets(keys, base)), ks, nbits, low_bit, step)
-    return [base + jax.lax.bitcast_convert_type(x, jnp.int32) for x in xs]
-
-
-def _offsets(keys, base, top=None):
-    """uint32 offsets key - base of the keys in [base, top) (0 for the others)."""
-    inside = keys >= base if top is None else (keys >= base) & (keys < top)
-    return jnp.where(inside, jax.lax.bitcast_convert_type(keys - base, jnp.uint32), jnp.uint32(0))
-
-
 def _search(keys, ks, base, nbits, low_bit: int, step: int):
     """k-th largest keys of a register-resident array by `_digit_search`.
 
