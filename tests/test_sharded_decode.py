@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 
 FLAG = "--xla_force_host_platform_device_count=8"
+_OUTER_FLAGS = os.environ.get("XLA_FLAGS")
 if "jax" not in sys.modules:
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FLAG}".strip()
+    os.environ["XLA_FLAGS"] = f"{_OUTER_FLAGS or ''} {FLAG}".strip()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -42,7 +43,11 @@ from butler_jax.sparsity import SparsityConfig, make_policy  # noqa: E402
 from butler_jax.sparsity.budget import parse_budget  # noqa: E402
 from butler_jax.sparsity.select import decode_select  # noqa: E402
 
-EIGHT = len(jax.devices()) >= 8
+EIGHT = len(jax.devices()) >= 8  # the backend has started: later subprocesses must not inherit the flag
+if _OUTER_FLAGS is None:
+    os.environ.pop("XLA_FLAGS", None)
+else:
+    os.environ["XLA_FLAGS"] = _OUTER_FLAGS
 needs8 = pytest.mark.skipif(not EIGHT, reason="needs 8 devices: test_in_its_own_process runs this file")
 
 CFG = ModelConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
