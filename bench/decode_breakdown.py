@@ -43,7 +43,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.timing import copy_bandwidth  # noqa: E402
+from bench.timing import add_decode_shape_args, read_bandwidth  # noqa: E402
 from bench.decode_latency import (DEFAULT_METHODS, Method, Settings, init_predictor,  # noqa: E402
                                   load_settings, log, run_meta, tree_bytes)
 from butler_jax.cache import KVCache, write_token  # noqa: E402
@@ -515,11 +515,7 @@ def parse_args(argv=None):
     ap.add_argument("--config", default="configs/llama-3.1-8b.yaml")
     ap.add_argument("--contexts", default="131072", help="comma-separated contexts")
     ap.add_argument("--batch", default="1,4")
-    ap.add_argument("--budget", type=int, default=8192)
-    ap.add_argument("--n-sink", type=int, default=128)
-    ap.add_argument("--n-window", type=int, default=512)
-    ap.add_argument("--d-dash", type=int, default=16)
-    ap.add_argument("--intdim", type=int, default=512)
+    add_decode_shape_args(ap)
     ap.add_argument("--steps", type=int, default=17, help="only sets the cache capacity, context + steps + 1, as decode_latency")
     ap.add_argument("--methods", default=DEFAULT_METHODS, help="methods composed per token (as decode_latency)")
     ap.add_argument("--rotate", type=int, default=4, help="layers / index sets rotated per loop iteration (L2 is 50 MB)")
@@ -547,8 +543,8 @@ def main(argv=None) -> None:
     cfg_r = dataclasses.replace(cfg, num_hidden_layers=rot)
     params = jax.jit(lambda: init_params(cfg_r))()
     pparams = init_predictor(s, predictor)
-    bandwidth = args.bandwidth_tbps * 1e12 if args.bandwidth_tbps else copy_bandwidth()
-    log(f"device {jax.devices()[0].device_kind}; copy bandwidth {bandwidth / 1e12:.2f} TB/s; {rot} layers' weights rotated")
+    bandwidth = args.bandwidth_tbps * 1e12 if args.bandwidth_tbps else read_bandwidth()
+    log(f"device {jax.devices()[0].device_kind}; read bandwidth {bandwidth / 1e12:.2f} TB/s; {rot} layers' weights rotated")
     full_params = jax.eval_shape(lambda: init_params(cfg))
     weights = tree_bytes(full_params) - (0 if cfg.tie_word_embeddings else tree_bytes(full_params["embed_tokens"]))
     e2e = load_e2e(args.e2e, out)
@@ -637,7 +633,7 @@ def markdown(data: dict, s: Settings) -> str:
              f"- Each op: the library's code in a jitted `lax.fori_loop` of dependent calls (static trip count, carry donated), "
              f"best of 3 loops of ~{st['target_ms']:.0f} ms / calls. Weights, index sets and importance keys rotate over "
              f"{st['rotate']} layers. \"net\" subtracts the measured dependence (\"nudge\") kernel. Floor = bytes the op must "
-             f"read / copy bandwidth ({meta['bandwidth_TBps']:.2f} TB/s). Budget {st['budget']} ({st['n_sink']} sinks + "
+             f"read / read-only bandwidth ({meta['bandwidth_TBps']:.2f} TB/s). Budget {st['budget']} ({st['n_sink']} sinks + "
              f"{st['n_window']} recent), per-KV-head selection, {L} layers, layer 0 dense.", ""]
     for batch, context in dict.fromkeys((r["batch"], r["context"]) for r in data["ops"]):
         lines += [f"## Batch {batch}, context {context}", "",

@@ -6,8 +6,8 @@ with random keys/values up to the context length (no prefill), then `decode_loop
 first call compiles and warms up; the next `--repeats` calls are timed and the best is divided by
 steps - 1 (the tokens the loop generates).
 
-Beside each figure: the bandwidth floor = bytes that must be read per token / measured device copy
-bandwidth. Bytes: the weights read per token (all parameters but an untied input-embedding table;
+Beside each figure: the bandwidth floor = bytes that must be read per token / measured read-only
+bandwidth (`bench.timing.read_bandwidth`; decoding mostly reads). Bytes: the weights read per token (all parameters but an untied input-embedding table;
 + the predictor's for TokenButler), the K/V rows attention reads (all in-length rows on dense
 layers; the selected rows on sparse layers: the budget, ~2x its scored part with neighbour fetch),
 the Oracle's scoring read of every cached key, and TokenButler's importance keys ([B, Hkv, T, d']
@@ -51,7 +51,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.timing import copy_bandwidth  # noqa: E402
+from bench.timing import add_decode_shape_args, copy_bandwidth, read_bandwidth  # noqa: E402
 from bench.plot_decode import context_label, plot_latency  # noqa: E402
 from butler_jax.cache import KVCache  # noqa: E402
 from butler_jax.config import ModelConfig, PredictorConfig, load_yaml, section  # noqa: E402
@@ -281,18 +281,14 @@ def parse_args(argv=None):
     parser.add_argument("--config", default="configs/llama-3.1-8b.yaml")
     parser.add_argument("--contexts", default="32768,65536,131072")
     parser.add_argument("--batch", default="1,4", help="comma-separated batch sizes")
-    parser.add_argument("--budget", type=int, default=8192)
-    parser.add_argument("--n-sink", type=int, default=128)
-    parser.add_argument("--n-window", type=int, default=512)
-    parser.add_argument("--d-dash", type=int, default=16)
-    parser.add_argument("--intdim", type=int, default=512)
+    add_decode_shape_args(parser)
     parser.add_argument("--methods", default=DEFAULT_METHODS,
                         help="dense, oracle, tokenbutler_i<N> (long-context predictor, predict_interval N), tokenbutler_i<N>_nf (+ neighbour fetch)")
     parser.add_argument("--steps", type=int, default=17, help="tokens per generation (steps - 1 are timed)")
     parser.add_argument("--repeats", type=int, default=2, help="timed calls after the warm-up; the best counts")
     parser.add_argument("--compile-workers", type=int, default=8, help="threads compiling a group's methods in parallel")
     parser.add_argument("--mem-limit-gib", type=float, default=None, help="device memory to plan with (default: the allocator's limit)")
-    parser.add_argument("--bandwidth-tbps", type=float, default=None, help="skip the copy-bandwidth measurement and use this")
+    parser.add_argument("--bandwidth-tbps", type=float, default=None, help="skip the read-bandwidth measurement and use this")
     parser.add_argument("--dry-run", action="store_true", help="print the plan (memory estimates, floors, skips) and exit")
     parser.add_argument("--smoke", action="store_true", help="CPU toy run: tiny config, contexts 256/512, budget 64, 3 steps")
     parser.add_argument("--mesh", default=None,
@@ -339,8 +335,9 @@ def main(argv=None) -> None:
     elif args.dry_run:
         bandwidth = 2.8e12
     else:
-        bandwidth = copy_bandwidth()
-    log(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s{' (given)' if args.bandwidth_tbps or args.dry_run else ''}")
+        bandwidth = read_bandwidth()
+        log(f"copy bandwidth {copy_bandwidth() / 1e12:.2f} TB/s (read + write; for comparison only)")
+    log(f"read bandwidth {bandwidth / 1e12:.2f} TB/s{' (given)' if args.bandwidth_tbps or args.dry_run else ''}: every floor uses it")
 
     rows: list[dict] = []
     plan = []
@@ -445,7 +442,7 @@ def markdown(meta: dict, s: Settings, rows: list[dict], args) -> str:
              f"inside it), layer 0 dense, per-KV-head selection. TokenButler: long-context producer predictor "
              f"(d'={s.pcfg.dDash}, I={s.pcfg.intdim}, G={s.pcfg.producer_frequency}), `_iN` = predict_interval N, `_nf` = "
              "neighbour fetch (each prediction's scored tokens widened to ~2x).",
-             f"- Floor = bytes that must be read per token / measured copy bandwidth ({meta['bandwidth_TBps']:.2f} TB/s): "
+             f"- Floor = bytes that must be read per token / measured read-only bandwidth ({meta['bandwidth_TBps']:.2f} TB/s): "
              "weights (untied input embedding excluded; + predictor), K/V rows attended (selected rows on sparse layers), "
              "Oracle: every cached key for scoring; TokenButler: importance keys / N. Ratio = measured / floor; "
              "speed-up = dense ms/token / method ms/token at the same batch and context.", ""]

@@ -37,7 +37,7 @@ from bench.decode_latency import (GiB, Method, Settings, init_predictor, load_se
                                   random_cache, run_capacity, run_meta, time_compiled, tree_bytes,
                                   weights_read_bytes)
 from bench.plot_decode import context_label  # noqa: E402
-from bench.timing import read_bandwidth  # noqa: E402
+from bench.timing import add_decode_shape_args, read_bandwidth  # noqa: E402
 from butler_jax.models.llama import init_params  # noqa: E402
 from butler_jax.sharding.mesh import MeshConfig  # noqa: E402
 from butler_jax.sharding.placement import place_cache  # noqa: E402
@@ -57,11 +57,7 @@ def parse_args(argv=None):
     parser.add_argument("--devices", default="2,4,8", help="dry run: comma-separated device counts N * M")
     parser.add_argument("--kv-heads", type=int, default=1, help="dry run: devices along the KV heads (M)")
     parser.add_argument("--methods", default="dense,tokenbutler_i1", help="dense, tokenbutler_i1 (what runs sharded)")
-    parser.add_argument("--budget", type=int, default=8192)
-    parser.add_argument("--n-sink", type=int, default=128)
-    parser.add_argument("--n-window", type=int, default=512)
-    parser.add_argument("--d-dash", type=int, default=16)
-    parser.add_argument("--intdim", type=int, default=512)
+    add_decode_shape_args(parser)
     parser.add_argument("--steps", type=int, default=17, help="tokens per generation (steps - 1 are timed)")
     parser.add_argument("--repeats", type=int, default=3, help="overhead: alternating timed rounds; the best counts")
     parser.add_argument("--bandwidth-tbps", type=float, default=None,

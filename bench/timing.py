@@ -56,3 +56,12 @@ def read_bandwidth(nbytes: int = 2 << 30, reps: int = 20) -> float:
     seconds = best_seconds(loop, x, repeats=2)
     del x
     return nbytes * reps / seconds
+
+
+def add_decode_shape_args(parser) -> None:
+    """The decode shape every decode benchmark takes: budget, sinks, window, predictor d' and I."""
+    parser.add_argument("--budget", type=int, default=8192, help="tokens attended per KV head on sparse layers")
+    parser.add_argument("--n-sink", type=int, default=128, help="first tokens always kept (inside the budget)")
+    parser.add_argument("--n-window", type=int, default=512, help="recent tokens always kept (inside the budget)")
+    parser.add_argument("--d-dash", type=int, default=16, help="TokenButler importance-key width d'")
+    parser.add_argument("--intdim", type=int, default=512, help="TokenButler producer hidden size I")
