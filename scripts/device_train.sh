@@ -5,7 +5,8 @@
 #   .gguf1/part ... .gguf4/  the embedded SmolLM2 GGUF in four parts (split -n 4), one or more per call;
 #                            joined in /root once all four have arrived (sha256 checked)
 #   .train-archive/          train-text.tar.xz (unpacked in /root once)
-#   .ckpt/                   run.tar.part* brought back by an earlier call (resume from it)
+#   .ckpt/                   run.tar.part* + run.tar.nparts brought back by an earlier call (resume from
+#                            it); the parts may come over several calls: unpacked once all have arrived
 # Usage: bash scripts/device_train.sh CONFIG SECONDS [key=value ...]
 #   SECONDS = 0 only stages the files. Training stops after SECONDS (killed; checkpoints every
 #   train.save_every steps survive) and the run folder, minus older checkpoints, comes back in
@@ -28,10 +29,13 @@ fi
 if [ ! -d /root/train-text ] && [ -f .train-archive/train-text.tar.xz ]; then
   mkdir -p /root/train-text && tar -xJf .train-archive/train-text.tar.xz -C /root/train-text
 fi
-if [ ! -d $RUN ] && ls .ckpt/run.tar.part* >/dev/null 2>&1; then
-  mkdir -p $RUN && cat .ckpt/run.tar.part* | tar -x -C $RUN
+mkdir -p /root/ckpt-parts
+ls .ckpt/run.tar.* >/dev/null 2>&1 && cp .ckpt/run.tar.* /root/ckpt-parts/
+if [ ! -d $RUN ] && [ -f /root/ckpt-parts/run.tar.nparts ] \
+    && [ "$(ls /root/ckpt-parts/run.tar.part* | wc -l)" = "$(cat /root/ckpt-parts/run.tar.nparts)" ]; then
+  mkdir -p $RUN && cat /root/ckpt-parts/run.tar.part* | tar -x -C $RUN
 fi
-echo "staged: gguf=$([ -f $GGUF ] && echo yes || echo "$(ls /root/gguf-parts | wc -l)/4 parts") text=$([ -d /root/train-text ] && echo yes || echo no) run=$(ls $RUN/checkpoints 2>/dev/null | tr '\n' ' ')"
+echo "staged: gguf=$([ -f $GGUF ] && echo yes || echo "$(ls /root/gguf-parts | wc -l)/4 parts") text=$([ -d /root/train-text ] && echo yes || echo no) run=$(ls $RUN/checkpoints 2>/dev/null | tr '\n' ' ') ckpt-parts=$(ls /root/ckpt-parts | tr '\n' ' ')"
 [ "$SECONDS_TO_TRAIN" = 0 ] && exit 0
 
 RESUME=(); [ -d $RUN/checkpoints ] && RESUME=(--resume)
@@ -44,5 +48,6 @@ latest=$(ls $RUN/checkpoints | grep -E '^[0-9]+$' | sort -n | tail -1)
 echo "latest checkpoint: step $latest"
 (cd $RUN && tar -cf - config.yaml metrics.jsonl checkpoints/$latest $(ls summary.json predictor 2>/dev/null)) \
   | split -b 15M -d - $OUT/run.tar.part
+ls $OUT/run.tar.part* | wc -l > $OUT/run.tar.nparts
 cp $RUN/metrics.jsonl $OUT/
 ls -l $OUT
