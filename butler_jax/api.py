@@ -21,7 +21,7 @@ from butler_jax.config import ConfigError, ModelConfig, PredictorConfig, load_ya
 from butler_jax.decode import generate as decode_generate
 from butler_jax.models.llama import LlamaForCausalLM
 from butler_jax.models.predictor_io import load_predictor
-from butler_jax.paths import DEFAULT_MODEL_CONFIG, SHIPPED_PREDICTOR, resolve_data
+from butler_jax.paths import DEFAULT_MODEL_CONFIG, SHIPPED_PREDICTOR, SHIPPED_PREDICTORS, resolve_data
 from butler_jax.sampling import SamplingConfig
 from butler_jax.sharding.mesh import MeshConfig, mesh_config
 from butler_jax.sparsity import SparsityConfig, make_policy
@@ -144,7 +144,8 @@ def load(
       directory or hub id, or "random"; default: the config's `model.source`.
     config: a YAML file or packaged config name (default "smollm2-135m"); its `model:`,
       `predictor:` and `sparsity:` sections are used; `overrides` are `section.key=value` strings.
-    predictor: a predictor checkpoint directory, "shipped" (the SmolLM2 predictor), None (no
+    predictor: a predictor checkpoint directory, "shipped" (the SmolLM2 paper predictor),
+      "shipped-longctx" (the SmolLM2 long-context producer predictor), None (no
       TokenButler), or "auto": the config's `predictor.checkpoint`, else the shipped one for the
       embedded model.
     dtype: "float32" or "bfloat16" (default: the config's).
@@ -169,13 +170,14 @@ def load(
 def _predictor_path(predictor: str | Path | None, data: dict, source: str) -> Path | None:
     if predictor is None or predictor == "none":
         return None
-    if predictor == "shipped":
-        return SHIPPED_PREDICTOR
+    if predictor in SHIPPED_PREDICTORS:
+        return SHIPPED_PREDICTORS[predictor]
     if predictor != "auto":
         path = resolve_data(predictor)
         if not path.is_dir():
             raise ConfigError(f"predictor={str(predictor)!r} is not a directory; give a predictor checkpoint "
-                              "(predictor.safetensors + predictor.json), 'shipped' or None")
+                              "(predictor.safetensors + predictor.json), one of "
+                              f"{sorted(SHIPPED_PREDICTORS)} or None")
         return path
     configured = section(data, "predictor", PredictorConfig).checkpoint
     if configured:

@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--method", default="dense", choices=METHODS)
     parser.add_argument("--budget", default="fixed_50pc", help="tokens=N (or N), keep=F, sparsity=F or fixed_XXpc")
     parser.add_argument("--predictor", default="auto",
-                        help="predictor checkpoint directory, 'shipped', 'none', or 'auto' (config's, else shipped for the embedded model)")
+                        help="predictor checkpoint directory, 'shipped' (paper predictor), 'shipped-longctx', 'none', or 'auto' (config's, else shipped for the embedded model)")
     parser.add_argument("--predict-interval", type=int, default=None, help="tokenbutler: predict every N decode steps")
     parser.add_argument("--neighbor-fetch", action="store_true", help="tokenbutler: widen each prediction's tokens to their neighbours")
     parser.add_argument("--max-new-tokens", type=int, default=64)

@@ -10,7 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-SHIPPED_PREDICTOR = PACKAGE_DIR / "assets" / "smollm2-135m-predictor"
+SHIPPED_PREDICTORS = {  # name -> folder: trained predictors for the embedded SmolLM2-135M
+    "shipped": PACKAGE_DIR / "assets" / "smollm2-135m-predictor",  # paper predictor v2 (the default)
+    "shipped-longctx": PACKAGE_DIR / "assets" / "smollm2-135m-longctx-predictor",  # long-context producer predictor
+}
+SHIPPED_PREDICTOR = SHIPPED_PREDICTORS["shipped"]
 DEFAULT_MODEL_CONFIG = "smollm2-135m"
 
 

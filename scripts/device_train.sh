@@ -2,9 +2,11 @@
 # Predictor training on a lent GPU machine, in calls of at most 10 minutes, resumable across calls
 # and sessions. Run from the repository root there; what it needs travels in git-ignored folders:
 #   .whl/                    wheels the GPU image lacks (gguf, tensorboardX, wonderwords)
-#   .gguf1/part ... .gguf4/  the embedded SmolLM2 GGUF in four parts (split -n 4), one or more per call;
-#                            joined in /root once all four have arrived (sha256 checked)
-#   .train-archive/          train-text.tar.xz (unpacked in /root once)
+#   .gguf1/part ... .ggufN/  the embedded SmolLM2 GGUF in N parts (`split -n N -d`, one folder a part),
+#                            one or more per call (the tree + carry of a call stay under 64 MiB);
+#                            joined in /root once the joined file's sha256 matches
+#   .train-archive/          train-text.tar.xz whole, or in parts as .train-archive1/part ... (joined once
+#                            `xz -t` passes); unpacked in /root once
 #   .ckpt/                   run.tar.part* + run.tar.nparts brought back by an earlier call (resume from
 #                            it); the parts may come over several calls: unpacked once all have arrived
 # Usage: bash scripts/device_train.sh CONFIG SECONDS [key=value ...]
@@ -20,14 +22,26 @@ RUN=/root/run
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 
-mkdir -p /root/gguf-parts
-for i in 1 2 3 4; do [ -f .gguf$i/part ] && cp .gguf$i/part /root/gguf-parts/$i; done
-if [ ! -f $GGUF ] && [ "$(ls /root/gguf-parts | wc -l)" = 4 ]; then
-  cat /root/gguf-parts/{1,2,3,4} > $GGUF
-  echo "$GGUF_SHA  $GGUF" | sha256sum -c -
-fi
-if [ ! -d /root/train-text ] && [ -f .train-archive/train-text.tar.xz ]; then
-  mkdir -p /root/train-text && tar -xJf .train-archive/train-text.tar.xz -C /root/train-text
+# join_parts NAME DEST CHECK: copy .NAME*/part (any number of folders) to /root/NAME-parts and join them
+# into DEST once the joined file passes CHECK (a command given the file): parts may come over several calls.
+join_parts() {
+  local name=$1 dest=$2 check=$3 dir
+  mkdir -p /root/$name-parts
+  for dir in .$name*/; do
+    dir=${dir%/}
+    if [ -f "$dir/part" ]; then cp "$dir/part" "/root/$name-parts/${dir#.$name}"; fi
+  done
+  [ -f "$dest" ] || [ -z "$(ls /root/$name-parts)" ] && return 0
+  cat $(ls -d /root/$name-parts/* | sort -V) > "$dest.tmp"
+  if $check "$dest.tmp"; then mv "$dest.tmp" "$dest"; else rm -f "$dest.tmp"; fi
+}
+gguf_ok() { [ "$(sha256sum < "$1" | cut -d' ' -f1)" = $GGUF_SHA ]; }
+archive_ok() { xz -t "$1" 2>/dev/null; }
+join_parts gguf $GGUF gguf_ok
+join_parts train-archive /root/train-text.tar.xz archive_ok
+[ -f .train-archive/train-text.tar.xz ] && cp .train-archive/train-text.tar.xz /root/train-text.tar.xz
+if [ ! -d /root/train-text ] && [ -f /root/train-text.tar.xz ]; then
+  mkdir -p /root/train-text && tar -xJf /root/train-text.tar.xz -C /root/train-text
 fi
 mkdir -p /root/ckpt-parts
 ls .ckpt/run.tar.* >/dev/null 2>&1 && cp .ckpt/run.tar.* /root/ckpt-parts/
@@ -35,7 +49,7 @@ if [ ! -d $RUN ] && [ -f /root/ckpt-parts/run.tar.nparts ] \
     && [ "$(ls /root/ckpt-parts/run.tar.part* | wc -l)" = "$(cat /root/ckpt-parts/run.tar.nparts)" ]; then
   mkdir -p $RUN && cat /root/ckpt-parts/run.tar.part* | tar -x -C $RUN
 fi
-echo "staged: gguf=$([ -f $GGUF ] && echo yes || echo "$(ls /root/gguf-parts | wc -l)/4 parts") text=$([ -d /root/train-text ] && echo yes || echo no) run=$(ls $RUN/checkpoints 2>/dev/null | tr '\n' ' ') ckpt-parts=$(ls /root/ckpt-parts | tr '\n' ' ')"
+echo "staged: gguf=$([ -f $GGUF ] && echo yes || echo "$(ls /root/gguf-parts | wc -l) parts") text=$([ -d /root/train-text ] && echo yes || echo no) run=$(ls $RUN/checkpoints 2>/dev/null | tr '\n' ' ') ckpt-parts=$(ls /root/ckpt-parts | tr '\n' ' ')"
 [ "$SECONDS_TO_TRAIN" = 0 ] && exit 0
 
 RESUME=(); [ -d $RUN/checkpoints ] && RESUME=(--resume)
@@ -46,7 +60,7 @@ timeout --signal=KILL "$SECONDS_TO_TRAIN" python3 train.py --config "$CONFIG" "$
 set -e
 latest=$(ls $RUN/checkpoints | grep -E '^[0-9]+$' | sort -n | tail -1)
 echo "latest checkpoint: step $latest"
-(cd $RUN && tar -cf - config.yaml metrics.jsonl checkpoints/$latest $(ls summary.json predictor 2>/dev/null)) \
+(cd $RUN && tar -cf - config.yaml metrics.jsonl checkpoints/$latest $(ls -d summary.json predictor 2>/dev/null)) \
   | split -b 15M -d - $OUT/run.tar.part
 ls $OUT/run.tar.part* | wc -l > $OUT/run.tar.nparts
 cp $RUN/metrics.jsonl $OUT/

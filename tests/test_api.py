@@ -70,3 +70,22 @@ def test_cli_rejects_an_unknown_method(capsys) -> None:
         generate_cli.main(["--prompt", "x", "--method", "tokenbulter"])
     assert exc.value.code == 2
     assert "tokenbulter" in capsys.readouterr().err
+
+
+def test_shipped_longctx_predictor_loads_by_name_and_decodes() -> None:
+    """The long-context predictor is stored in bfloat16 and comes back as float32; at keep=1 its
+    decode is dense's, token for token, and at half the budget it still runs."""
+    import jax
+    import numpy as np
+
+    from butler_jax.models.predictor_longctx import LongctxPredictor
+
+    model = butler_jax.load("embedded", predictor="shipped-longctx")
+    module, params = model.predictor
+    assert isinstance(module, LongctxPredictor)
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(params)} == {np.dtype(np.float32)}
+    dense = model.generate(PROMPT, method="dense", max_new_tokens=4)
+    full = model.generate(PROMPT, method="tokenbutler", budget="keep=1", max_new_tokens=4)
+    half = model.generate(PROMPT, method="tokenbutler", budget="keep=0.5", max_new_tokens=4)
+    assert full.tokens == dense.tokens
+    assert 1 <= len(half.tokens[0]) <= 4

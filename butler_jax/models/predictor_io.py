@@ -6,6 +6,8 @@ import dataclasses
 from pathlib import Path
 
 import jax
+import ml_dtypes
+import numpy as np
 
 from butler_jax.config import ModelConfig, PredictorConfig, from_dict
 from butler_jax.errors import CheckpointError
@@ -31,8 +33,10 @@ __all__ = ["count_params", "load_predictor", "save_predictor"]
 
 
 def load_predictor(directory: str | Path, mcfg: ModelConfig) -> tuple[PaperPredictor | LongctxPredictor, dict, PredictorConfig]:
-    """(module, params, config) of a saved predictor, checked against the model's shape."""
+    """(module, params, config) of a saved predictor, checked against the model's shape; weights
+    stored in bfloat16 (the shipped long-context predictor, to keep the package small) come back as float32."""
     params, meta = load_tree(directory, NAME)
+    params = jax.tree_util.tree_map(lambda a: a.astype(np.float32) if a.dtype == ml_dtypes.bfloat16 else a, params)
     pcfg = from_dict(PredictorConfig, {**meta["predictor"], "checkpoint": str(directory)}, "predictor")
     if meta.get("model_shape") != _shape(mcfg):
         raise CheckpointError(
