@@ -72,3 +72,12 @@ def test_mean_of_means_ci_resamples_within_each_group() -> None:
     _, lo1, hi1 = bootstrap_ci(np.r_[np.zeros(50), np.ones(50)])
     assert est == 0.75 and lo < est < hi and hi - lo == pytest.approx((hi1 - lo1) / 2, rel=0.15)
     assert mean_of_means_ci([[1.0, 1.0], [0.0]]) == (0.5, 0.5, 0.5)
+
+
+def test_location_inaccuracy_is_shown_in_percent_once() -> None:
+    """`location_metrics` already gives percent; the cell must not scale it again (it read 7857.1)."""
+    from butler_jax.eval.report import cell
+
+    row = {"metric": "location_inaccuracy", "value": 78.571, "ci_low": 71.4, "ci_high": 85.7, "n": 2}
+    assert cell(row) == "78.6 [71.4, 85.7] (n=2)"
+    assert cell({**row, "metric": "coref_exact", "value": 0.5, "ci_low": 0.25, "ci_high": 0.75}) == "50.0 [25.0, 75.0] (n=2)"

@@ -130,7 +130,9 @@ def _ruler_means(groups: dict[tuple, list[dict]]) -> list[dict[str, Any]]:
 def _fmt(value: float | None, metric: str) -> str:
     if value is None:
         return ""
-    return f"{value:.3f}" if metric == "perplexity" else f"{100 * value:.1f}"
+    if metric == "perplexity":
+        return f"{value:.3f}"
+    return f"{value:.1f}" if metric == "location_inaccuracy" else f"{100 * value:.1f}"  # location: already in %
 
 
 def ruler_tasks_run(row: dict[str, Any]) -> int:
