@@ -54,6 +54,7 @@ from butler_jax.sampling import SamplingConfig, sample  # noqa: E402
 from butler_jax.sparsity import make_policy  # noqa: E402
 from butler_jax.sparsity.budget import parse_budget  # noqa: E402
 from butler_jax.sparsity.select import decode_select  # noqa: E402
+from butler_jax.sparsity.tokenbutler import TokenButlerLongctxPolicy  # noqa: E402
 
 REUSE_INTERVAL = 4  # predict_interval of the measured prediction / reuse select paths (representative of i > 1)
 SUM_TOLERANCE = 0.05  # the per-op sum should match end to end within this fraction of end to end
@@ -132,9 +133,13 @@ class Bench:
     # --- helpers ---------------------------------------------------------------------------------
     def policy(self, kind: str, interval: int = 1, nf: bool = False, phase: str | None = None):
         """The static policy value; its params (the predictor's, or () for Oracle) are passed to each call.
-        phase ("predict" / "reuse", predict_interval > 1): the step kind fixed, as the decode loop runs it."""
+        phase ("predict" / "reuse", predict_interval > 1): the step kind fixed, as the decode loop runs it.
+        TokenButler long-context runs its per-layer selection here (the ops call `select` without the
+        producer's `observe_decode`, which the grouped selection needs), so `select` is timed per layer."""
         m = Method(f"{kind}", kind, interval, nf)
         policy = make_policy(m.sparsity(self.s, interval), self.cfg, (self.predictor, None))[0]
+        if isinstance(policy, TokenButlerLongctxPolicy):
+            policy = dataclasses.replace(policy, group_selection=False)
         return dataclasses.replace(policy, phase=phase) if phase else policy
 
     def cache(self, kc=None, vc=None) -> KVCache:

@@ -23,6 +23,16 @@ chosen by score, in [n_sink, E) with E the first token of the recent window, are
 neighbours stay below E (as in the release, where sinks and window live outside the selection).
 Decode-simulated prefill (every query row a prediction step, no reuse) expands each row's keep
 mask with the same rule, so decode and simulation still agree at i = 1.
+
+Grouped selection (long-context, `group_selection`, the default where allowed): on a prediction
+step the producer layer p scores each sparse layer it serves (p+1 .. p+G) against that layer's
+cached importance keys, runs ONE top-K (and neighbour fetch) on the scores stacked along the head
+axis [B, G*Hsel, T] (rows are independent: the same result as per-layer calls, one launch per
+group instead of per layer) and stores each layer's part in `previous`, which the layer's `select`
+then reads. Layer l > p has not written the current token's importance key yet, so that one slot
+is stale; it is the query itself, forced in by the recent window whatever its score, so grouping
+needs n_window >= 1. Without it, in a sharded decode and for a lone `select` at i > 1 (no `phase`)
+the layers select one by one.
 """
 
 from __future__ import annotations
@@ -143,10 +153,20 @@ class TokenButlerBase(ScoredPolicy):
     def _predict(self, params, layer, x, cache, state: TokenButlerState):
         """A fresh selection (indices, valid) [B, Hsel, k_select] for the step's query."""
         scores, state = self.decode_scores(params, layer, x, cache, state)
+        idx, ok = self._top(scores, cache)
+        return idx, ok, state
+
+    def _top(self, scores: jnp.ndarray, cache) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """Top-K (+ neighbour fetch) of scores [B, R, T] per row -> (indices, valid) [B, R, k_select]."""
         idx, ok = self.select_top(scores, cache.lengths, cache.capacity, self.settings.n_window)
         if self.neighbor_fetch:
             idx, ok = self._expand(idx, ok, cache.lengths, cache.capacity)
-        return idx, ok, state
+        return idx, ok
+
+    def _prediction(self, params, layer, x, cache, state: TokenButlerState) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """This prediction step's selection (indices, valid) [B, Hsel, k_select] of `layer`."""
+        idx, ok, _ = self._predict(params, layer, x, cache, state)
+        return idx, ok
 
     def _expand(self, idx, ok, query_pos, capacity: int):
         """Neighbour fetch on a decode selection: expand the scored tokens in [n_sink, E), keep the forced ones.
@@ -175,12 +195,12 @@ class TokenButlerBase(ScoredPolicy):
 
     def select(self, params, layer, x, cache, state: TokenButlerState):
         if self.predict_interval == 1:
-            return self._predict(params, layer, x, cache, state)
+            idx, ok = self._prediction(params, layer, x, cache, state)
+            return idx, ok, state
         extra = jnp.broadcast_to(jnp.arange(1, self.predict_interval + 1, dtype=jnp.int32), (*cache.lengths.shape, self.predict_interval))
 
         def predict(_):
-            idx, ok, _ = self._predict(params, layer, x, cache, state)
-            return idx, ok
+            return self._prediction(params, layer, x, cache, state)
 
         def reuse(_):
             return state.previous[layer]
@@ -258,12 +278,48 @@ class TokenButlerPolicy(TokenButlerBase):
         return self.reduce_heads(importance_logits(q, k)[:, :, 0]), state
 
 
+@dataclass(frozen=True)
 class TokenButlerLongctxPolicy(TokenButlerBase):
-    """Long-context producer predictor; importance keys cached per layer in the model dtype."""
+    """Long-context producer predictor; importance keys cached per layer in the model dtype.
+    `group_selection`: one top-K per producer group on prediction steps where `grouped` allows."""
+
+    group_selection: bool = True
 
     @property
     def frequency(self) -> int:
         return self.module.pcfg.producer_frequency
+
+    @property
+    def grouped(self) -> bool:
+        """Whether prediction steps select per producer group: asked for, the current token forced
+        (n_window >= 1), one device, and every step's kind static (i = 1 or a fixed `phase`)."""
+        return (self.group_selection and self.settings.n_window >= 1 and self.shard is None
+                and (self.predict_interval == 1 or self.phase is not None))
+
+    def served(self, producer: int) -> tuple[int, ...]:
+        """The sparse layers (>= dense_layers) whose queries `producer` gives: p+1 .. min(p+G, L-1)."""
+        last = min(producer + self.frequency, self.cfg.num_hidden_layers - 1)
+        return tuple(l for l in range(producer + 1, last + 1) if l >= self.settings.dense_layers)
+
+    def _group_predict(self, params, producer: int, cache, state: TokenButlerState) -> TokenButlerState:
+        """One `_top` over the served layers' scores stacked to [B, n*Hsel, T]; each layer's
+        [B, Hsel, k_select] part stored in state.previous."""
+        layers = self.served(producer)
+        if not layers:
+            return state
+        scores = jnp.concatenate([self.decode_scores(params, l, None, cache, state)[0] for l in layers], axis=1)
+        idx, ok = self._top(scores, cache)
+        hsel = scores.shape[1] // len(layers)
+        previous = list(state.previous)
+        for i, l in enumerate(layers):
+            previous[l] = (idx[:, i * hsel:(i + 1) * hsel], ok[:, i * hsel:(i + 1) * hsel])
+        return state._replace(previous=tuple(previous))
+
+    def _prediction(self, params, layer, x, cache, state: TokenButlerState) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """The group's stored selection when grouped (layer 0 is served by no producer), else per layer."""
+        if self.grouped and layer > 0 and layer >= self.settings.dense_layers:
+            return state.previous[layer]
+        return super()._prediction(params, layer, x, cache, state)
 
     def init_state(self, params, batch: int, capacity: int) -> TokenButlerState:
         cfg = self.cfg
@@ -294,6 +350,8 @@ class TokenButlerLongctxPolicy(TokenButlerBase):
             for slot, consumer in enumerate(served):
                 query = query.at[:, consumer].set(produced[:, slot])
             state = state._replace(query=query)
+            if self.grouped and self.phase != "reuse":
+                state = self._group_predict(params, layer, cache, state)
         return state
 
     def decode_scores(self, params, layer, x, cache, state: TokenButlerState):
