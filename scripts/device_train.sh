@@ -7,8 +7,8 @@
 #                            joined in /root once the joined file's sha256 matches
 #   .train-archive/          train-text.tar.xz whole, or in parts as .train-archive1/part ... (joined once
 #                            `xz -t` passes); unpacked in /root once
-#   .ckpt/                   run.tar.part* + run.tar.nparts brought back by an earlier call (resume from
-#                            it); the parts may come over several calls: unpacked once all have arrived
+#   .ckpt/ (or .ckpt1/, .ckpt2/ ...)  run.tar.part* brought back by an earlier call (resume from it);
+#                            the parts may come over several calls: unpacked once the joined tar reads whole
 # Usage: bash scripts/device_train.sh CONFIG SECONDS [key=value ...]
 #   SECONDS = 0 only stages the files. Training stops after SECONDS (killed; checkpoints every
 #   train.save_every steps survive) and the run folder, minus older checkpoints, comes back in
@@ -22,14 +22,16 @@ RUN=/root/run
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 
-# join_parts NAME DEST CHECK: copy .NAME*/part (any number of folders) to /root/NAME-parts and join them
-# into DEST once the joined file passes CHECK (a command given the file): parts may come over several calls.
+# join_parts NAME DEST CHECK: copy the files .NAME*/*part* (any number of folders, in folder then file
+# order) to /root/NAME-parts and join them into DEST once the joined file passes CHECK (a command given
+# the file): parts may come over several calls.
 join_parts() {
-  local name=$1 dest=$2 check=$3 dir
+  local name=$1 dest=$2 check=$3 file dir
   mkdir -p /root/$name-parts
-  for dir in .$name*/; do
-    dir=${dir%/}
-    if [ -f "$dir/part" ]; then cp "$dir/part" "/root/$name-parts/${dir#.$name}"; fi
+  for file in .$name*/*part*; do
+    [ -f "$file" ] || continue
+    dir=${file%/*}
+    cp "$file" "/root/$name-parts/${dir#.$name}-${file##*/}"
   done
   [ -f "$dest" ] || [ -z "$(ls /root/$name-parts)" ] && return 0
   cat $(ls -d /root/$name-parts/* | sort -V) > "$dest.tmp"
@@ -37,17 +39,16 @@ join_parts() {
 }
 gguf_ok() { [ "$(sha256sum < "$1" | cut -d' ' -f1)" = $GGUF_SHA ]; }
 archive_ok() { xz -t "$1" 2>/dev/null; }
+tar_ok() { tar -tf "$1" >/dev/null 2>&1; }
 join_parts gguf $GGUF gguf_ok
 join_parts train-archive /root/train-text.tar.xz archive_ok
 [ -f .train-archive/train-text.tar.xz ] && cp .train-archive/train-text.tar.xz /root/train-text.tar.xz
 if [ ! -d /root/train-text ] && [ -f /root/train-text.tar.xz ]; then
   mkdir -p /root/train-text && tar -xJf /root/train-text.tar.xz -C /root/train-text
 fi
-mkdir -p /root/ckpt-parts
-ls .ckpt/run.tar.* >/dev/null 2>&1 && cp .ckpt/run.tar.* /root/ckpt-parts/
-if [ ! -d $RUN ] && [ -f /root/ckpt-parts/run.tar.nparts ] \
-    && [ "$(ls /root/ckpt-parts/run.tar.part* | wc -l)" = "$(cat /root/ckpt-parts/run.tar.nparts)" ]; then
-  mkdir -p $RUN && cat /root/ckpt-parts/run.tar.part* | tar -x -C $RUN
+join_parts ckpt /root/run.tar tar_ok
+if [ ! -d $RUN ] && [ -f /root/run.tar ]; then
+  mkdir -p $RUN && tar -xf /root/run.tar -C $RUN
 fi
 echo "staged: gguf=$([ -f $GGUF ] && echo yes || echo "$(ls /root/gguf-parts | wc -l) parts") text=$([ -d /root/train-text ] && echo yes || echo no) run=$(ls $RUN/checkpoints 2>/dev/null | tr '\n' ' ') ckpt-parts=$(ls /root/ckpt-parts | tr '\n' ' ')"
 [ "$SECONDS_TO_TRAIN" = 0 ] && exit 0
@@ -62,6 +63,5 @@ latest=$(ls $RUN/checkpoints | grep -E '^[0-9]+$' | sort -n | tail -1)
 echo "latest checkpoint: step $latest"
 (cd $RUN && tar -cf - config.yaml metrics.jsonl checkpoints/$latest $(ls -d summary.json predictor 2>/dev/null)) \
   | split -b 15M -d - $OUT/run.tar.part
-ls $OUT/run.tar.part* | wc -l > $OUT/run.tar.nparts
 cp $RUN/metrics.jsonl $OUT/
 ls -l $OUT
