@@ -1,10 +1,7 @@
 #!/usr/bin/env bash
 # Predictor training on a lent GPU machine, in calls of at most 10 minutes, resumable across calls
 # and sessions. Run from the repository root there; what it needs travels in git-ignored folders:
-#   .whl/                    wheels the GPU image lacks (gguf, tensorboardX, wonderwords)
-#   .gguf1/part ... .ggufN/  the embedded SmolLM2 GGUF in N parts (`split -n N -d`, one folder a part),
-#                            one or more per call (the tree + carry of a call stay under 64 MiB);
-#                            joined in /root once the joined file's sha256 matches
+#   .whl/, .gguf1/ ... .ggufN/  wheels and the GGUF in parts: see scripts/device_stage.sh
 #   .train-archive/          train-text.tar.xz whole, or in parts as .train-archive1/part ... (joined once
 #                            `xz -t` passes); unpacked in /root once
 #   .ckpt/ (or .ckpt1/, .ckpt2/ ...)  run.tar.part* brought back by an earlier call (resume from it);
@@ -15,32 +12,11 @@
 #   $OUT as run.tar.part* (15 MiB each) plus metrics.jsonl.
 set -euo pipefail
 CONFIG=$1; SECONDS_TO_TRAIN=$2; shift 2
-GGUF=/root/SmolLM2-135M-Instruct.Q4_1.gguf
-GGUF_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 RUN=/root/run
 
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-
-# join_parts NAME DEST CHECK: copy the files .NAME*/*part* (any number of folders, in folder then file
-# order) to /root/NAME-parts and join them into DEST once the joined file passes CHECK (a command given
-# the file): parts may come over several calls.
-join_parts() {
-  local name=$1 dest=$2 check=$3 file dir
-  mkdir -p /root/$name-parts
-  for file in .$name*/*part*; do
-    [ -f "$file" ] || continue
-    dir=${file%/*}
-    cp "$file" "/root/$name-parts/${dir#.$name}-${file##*/}"
-  done
-  [ -f "$dest" ] || [ -z "$(ls /root/$name-parts)" ] && return 0
-  cat $(ls -d /root/$name-parts/* | sort -V) > "$dest.tmp"
-  if $check "$dest.tmp"; then mv "$dest.tmp" "$dest"; else rm -f "$dest.tmp"; fi
-}
-gguf_ok() { [ "$(sha256sum < "$1" | cut -d' ' -f1)" = $GGUF_SHA ]; }
+source scripts/device_stage.sh
 archive_ok() { xz -t "$1" 2>/dev/null; }
 tar_ok() { tar -tf "$1" >/dev/null 2>&1; }
-join_parts gguf $GGUF gguf_ok
 join_parts train-archive /root/train-text.tar.xz archive_ok
 [ -f .train-archive/train-text.tar.xz ] && cp .train-archive/train-text.tar.xz /root/train-text.tar.xz
 if [ ! -d /root/train-text ] && [ -f /root/train-text.tar.xz ]; then
