@@ -108,3 +108,24 @@ def test_reads_and_scores_a_ruler_format_jsonl(smollm2_tok, tmp_path):
     path.write_text('{"prompt": "x"}\n')
     with pytest.raises(ValueError, match="RULER's format"):
         read_ruler_jsonl("niah_single_1", path, smollm2_tok)
+
+
+def test_ruler_prompts_are_padded_per_length_not_to_the_longest_of_all(tiny, monkeypatch):
+    """One compiled shape per RULER length: 4K prompts are not padded to the 8K prompts' width."""
+    from types import SimpleNamespace
+
+    import butler_jax.eval.cli as cli
+
+    def fake(n, length, cap):
+        return [SimpleNamespace(index=i, input=f"{length}-{i}", answers=["x"], token_length=length - 40 + i,
+                                max_new_tokens=cap) for i in range(n)]
+
+    monkeypatch.setattr(cli, "ruler_samples", lambda eval_cfg, tokenizer: {
+        "niah_single_1@4096": fake(2, 4096, 128), "vt@4096": fake(2, 4096, 30), "vt@8192": fake(3, 8192, 30)})
+    cfg, params, model = tiny
+    eval_cfg = EvalConfig(methods=["dense"], tasks=["ruler"], ruler_batch=4)
+    tasks = build_tasks(eval_cfg, SparsityConfig(), model, params, ByteTokenizer(), {})
+    shapes = {name: (evaluate.keywords["prompt_width"], evaluate.keywords["max_new_tokens"], batch)
+              for name, _, evaluate, _, batch, _ in tasks}
+    assert shapes == {"ruler:niah_single_1@4096": (4096, 128, 4), "ruler:vt@4096": (4096, 128, 4),
+                      "ruler:vt@8192": (8192, 30, 4)}

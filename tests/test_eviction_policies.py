@@ -172,3 +172,23 @@ def test_generate(tiny, method):
     out_s = generate(model, params, prompt, 16, policy=policy(method, 64))
     out_d = generate(model, params, prompt, 16, policy=DENSE)
     assert out_s.rows() == out_d.rows()
+
+
+def test_prompt_column_sums_in_chunks_equal_the_whole_softmax():
+    """H2O's prefill scores: chunked rows (scan, last chunk padded) = column sums of one causal softmax."""
+    from butler_jax.attention import attention_logits, causal_mask, softmax_probs
+    from butler_jax.models.llama import LayerInputs
+    from butler_jax.sparsity.eviction import prompt_column_sums
+
+    b, t, hq, hkv, d = 2, 37, 4, 2, 8
+    kq, kk = jax.random.split(jax.random.PRNGKey(7))
+    q = jax.random.normal(kq, (b, t, hq, d))
+    k = jax.random.normal(kk, (b, t, hkv, d))
+    positions = jnp.broadcast_to(jnp.arange(t), (b, t))
+    lengths = jnp.array([t, 23])
+    x = LayerInputs(q, k, k, positions, None, None)
+    keep = causal_mask(positions, positions, lengths) & (positions < lengths[:, None])[:, None, :, None]
+    whole = softmax_probs(attention_logits(q, k), keep).sum(axis=2)
+    for chunk in (8, 16, 64):
+        np.testing.assert_allclose(prompt_column_sums(x, lengths, chunk), whole, rtol=1e-5, atol=1e-5)
+    assert float(jnp.abs(whole[1, :, 23:]).max()) == 0.0

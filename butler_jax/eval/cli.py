@@ -95,12 +95,17 @@ def build_tasks(eval_cfg: EvalConfig, sparsity: SparsityConfig, model, params, t
         stops = [model.cfg.eos_token_id] if model.cfg.eos_token_id is not None else []
         every = [s for items in generated.values() for s in items]
         batch = max(1, min(eval_cfg.ruler_batch, len(every)))
-        # one compiled shape for every task: the longest prompt and the largest output cap
-        width = max(s.token_length for s in every)
-        max_new = max(s.max_new_tokens for s in every)
-        evaluate = functools.partial(evaluate_ruler, model, params, tokenizer, stops, batch=batch,
-                                     prompt_width=-(-width // 64) * 64, max_new_tokens=max_new)
+        # one compiled shape per RULER length (or file): its longest prompt and largest output cap, so a
+        # 4K prompt is not padded to the 8K one's width
+        groups: dict[str, list] = {}
         for task, items in generated.items():
+            groups.setdefault(task.rsplit("@", 1)[1], []).extend(items)
+        evaluators = {group: functools.partial(evaluate_ruler, model, params, tokenizer, stops, batch=batch,
+                                               prompt_width=-(-max(s.token_length for s in items) // 64) * 64,
+                                               max_new_tokens=max(s.max_new_tokens for s in items))
+                      for group, items in groups.items()}
+        for task, items in generated.items():
+            evaluate = evaluators[task.rsplit("@", 1)[1]]
             samples = [TaskSample(f"{task}-{s.index}", s) for s in items]
             # the prompts themselves are the task settings (haystack, qa file, seed, template, code)
             settings = dict(common, task="ruler", prompts=_sha("\x00".join(s.input + "\x01" + "|".join(s.answers)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
+import jax
 import jax.numpy as jnp
 
 from butler_jax.attention import attention_logits, causal_mask, masked_attention, softmax_probs
@@ -71,14 +72,23 @@ def alive_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, alive: jnp.n
 
 
 def prompt_column_sums(x, lengths: jnp.ndarray, chunk: int) -> jnp.ndarray:
-    """Column sums [B, Hq, P] of the causal softmax of the prompt's real rows (rows chunked)."""
-    total = jnp.zeros((x.q.shape[0], x.q.shape[2], x.k.shape[1]), jnp.float32)
-    for start in range(0, x.q.shape[1], chunk):
-        rows = slice(start, min(x.q.shape[1], start + chunk))
-        q_pos = x.positions[:, rows]
+    """Column sums [B, Hq, P] of the causal softmax of the prompt's real rows.
+
+    The rows go `chunk` at a time through a `lax.scan` (rows padded to a multiple of `chunk` with
+    masked-out positions), so memory holds one [B, Hq, chunk, P] block, whatever the prompt length."""
+    b, t, hq, _ = x.q.shape
+    n = -(-t // chunk)
+    q = jnp.pad(x.q, ((0, 0), (0, n * chunk - t), (0, 0), (0, 0)))
+    q_positions = jnp.pad(x.positions, ((0, 0), (0, n * chunk - t)), constant_values=jnp.iinfo(jnp.int32).max)
+
+    def add_rows(total, i):
+        rows = jax.lax.dynamic_slice_in_dim(q, i * chunk, chunk, axis=1)
+        q_pos = jax.lax.dynamic_slice_in_dim(q_positions, i * chunk, chunk, axis=1)
         keep = causal_mask(q_pos, x.positions, lengths) & (q_pos < lengths[:, None])[:, None, :, None]
-        total = total + softmax_probs(attention_logits(x.q[:, rows], x.k), keep).sum(axis=2)
-    return total
+        return total + softmax_probs(attention_logits(rows, x.k), keep).sum(axis=2), None
+
+    total = jnp.zeros((b, hq, x.k.shape[1]), jnp.float32)
+    return jax.lax.scan(add_rows, total, jnp.arange(n))[0]
 
 
 @dataclass(frozen=True)
