@@ -13,9 +13,16 @@ input depends on the previous output), timed (best of 3) and divided by the numb
 * Where an op's output cannot feed its input directly, a tiny "nudge" kernel (one element of the
   output added, x 1e-30, to a small input) makes the calls dependent; its cost is measured alone
   and subtracted ("net"); "raw" keeps it.
+* TokenButler (long-context) selects per producer group on prediction steps, as the decode loop
+  runs it: the producer's `observe_decode` scores every sparse layer it serves and runs one top-K
+  (+ neighbour fetch) on the stacked [B, G*Hkv, T] scores; the consumers' `select` reads that
+  selection. The `tb_group*` ops time one group (producer + consumers) per call and report it per
+  layer too (/ the layers the group serves); `tb_producer` (the producer's `observe_decode` on a
+  reuse step) is subtracted per token, as `tb_predictor` counts it already.
 * Per-token figures scale the per-layer ops by the layers that run them (32 for the model,
-  31 sparse layers, / predict_interval for predictions) and are compared with the end-to-end
-  figures of decode_latency.json (same batch and context) and the bandwidth floor.
+  31 sparse layers, / predict_interval for predictions), the per-group ops by the producer groups
+  (8), and are compared with the end-to-end figures of decode_latency.json (same batch and
+  context) and the bandwidth floor.
 
     python bench/decode_breakdown.py                       # B=1 and 4 at 128K, budget 8192 (GPU)
     python bench/decode_breakdown.py --smoke               # CPU toy shapes
@@ -36,6 +43,7 @@ import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import time  # noqa: E402
 from typing import Any, Callable  # noqa: E402
 
@@ -72,7 +80,7 @@ def sum_check(sum_ms: float, e2e_ms: float | None) -> dict:
 class Op:
     name: str
     what: str
-    per: str  # "layer" or "token"
+    per: str  # "layer", "group" (one producer group) or "token"
     floor_bytes: float
     reps: int  # calls per loop iteration
     nudges: int  # nudge kernels per call (their measured cost is subtracted for "net")
@@ -80,12 +88,23 @@ class Op:
     carry: Any
     args: tuple
     informational: bool = False
+    layers: float = 1.0  # sparse layers per call ("group" ops: the layers the group serves)
 
 
 def nudge(x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
     """x plus 1e-30 x the first element of y: a value dependence of x on y at the cost of one tiny kernel."""
     first = y.reshape(-1)[0].astype(jnp.float32)
     return (x.astype(jnp.float32) + first * 1e-30).astype(x.dtype)
+
+
+def producer_groups(policy: TokenButlerLongctxPolicy) -> tuple[tuple[int, tuple[int, ...]], ...]:
+    """(producer layer, the sparse layers it serves) of every producer that serves one or more."""
+    return tuple((p, policy.served(p)) for p in policy.adapter.producers if policy.served(p))
+
+
+def zeros_of(tree):
+    """Zeros of the shapes and dtypes of a pytree of arrays or ShapeDtypeStructs."""
+    return jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), tree)
 
 
 def time_op(op: Op, bandwidth: float, target_s: float, n_bounds: tuple[int, int]):
@@ -129,18 +148,21 @@ class Bench:
         self.k_tok = rnd((b, 1, self.hkv, self.hd))
         self.x = rnd((b, 1, self.d))
         self.layer_params = [params[f"layers_{r}"] for r in range(rot)]
+        self.all_groups = producer_groups(self.policy("tokenbutler"))
+        self.groups = self.all_groups[:rot]  # the producer groups the group ops rotate over
 
     # --- helpers ---------------------------------------------------------------------------------
     def policy(self, kind: str, interval: int = 1, nf: bool = False, phase: str | None = None):
-        """The static policy value; its params (the predictor's, or () for Oracle) are passed to each call.
-        phase ("predict" / "reuse", predict_interval > 1): the step kind fixed, as the decode loop runs it.
-        TokenButler long-context runs its per-layer selection here (the ops call `select` without the
-        producer's `observe_decode`, which the grouped selection needs), so `select` is timed per layer."""
+        """The static policy value, configured as decode_latency's methods (TokenButler: grouped
+        selection); its params (the predictor's, or () for Oracle) are passed to each call.
+        phase ("predict" / "reuse", predict_interval > 1): the step kind fixed, as the decode loop runs it."""
         m = Method(f"{kind}", kind, interval, nf)
         policy = make_policy(m.sparsity(self.s, interval), self.cfg, (self.predictor, None))[0]
-        if isinstance(policy, TokenButlerLongctxPolicy):
-            policy = dataclasses.replace(policy, group_selection=False)
         return dataclasses.replace(policy, phase=phase) if phase else policy
+
+    def tb_policy(self, interval: int, nf: bool) -> TokenButlerLongctxPolicy:
+        """TokenButler on a prediction step (the phase fixed when interval > 1)."""
+        return self.policy("tokenbutler", interval, nf, "predict" if interval > 1 else None)
 
     def cache(self, kc=None, vc=None) -> KVCache:
         return KVCache((self.kc if kc is None else kc,), (self.vc if vc is None else vc,), self.lengths)
@@ -164,14 +186,30 @@ class Bench:
     def kv_row(self) -> int:
         return self.hkv * self.hd * self.s.itemsize
 
+    def importance_key_bytes(self) -> int:
+        """One layer's cached importance keys [B, Hkv, capacity, d']."""
+        return self.batch * self.hkv * self.capacity * self.s.pcfg.dDash * self.s.itemsize
+
+    def group_step(self, policy, pp, producer: int, x: LayerInputs, cache: KVCache, state):
+        """One producer group of a decode step: `observe_decode` at `producer` (grouped on a prediction
+        step: scores, one top-K, expansion), then `select` at each layer it serves
+        -> (state, ((indices, valid) [B, Hkv, slots] per served layer))."""
+        state = policy.observe_decode(pp, producer, x, cache, state)
+        out = []
+        for layer in policy.served(producer):
+            idx, ok, state = policy.select(pp, layer, self.layer_inputs(), cache, state)
+            out.append((idx, ok))
+        return state, tuple(out)
+
     # --- ops -------------------------------------------------------------------------------------
-    def ops(self, bandwidth: float) -> list[Callable[[], Op | None]]:
+    def ops(self, bandwidth: float) -> list[Callable[[], Op]]:
         """Builders (called one at a time, so only one op's buffers live at once)."""
         return [self.op_nudge, self.op_norm, self.op_qkv, self.op_rope, self.op_kv_write, self.op_attn_dense,
                 self.op_attn_sparse, self.op_attn_sparse_nf, self.op_o_proj, self.op_mlp, self.op_lm_head,
-                self.op_oracle_scores, self.op_oracle_select, self.op_tb_predictor, self.op_tb_scores,
-                lambda: self.op_select(jnp.float32), lambda: self.op_select(jnp.bfloat16), self.op_nf_expand,
-                self.op_tb_select_i1, lambda: self.op_tb_select_nf(predict=True), lambda: self.op_tb_select_nf(predict=False)]
+                self.op_oracle_scores, self.op_oracle_select, lambda: self.op_select(jnp.float32),
+                lambda: self.op_select(jnp.bfloat16), self.op_tb_predictor, self.op_tb_producer, self.op_tb_scores,
+                lambda: self.op_select(jnp.float32, group=True), self.op_nf_expand, lambda: self.op_tb_group(nf=False),
+                lambda: self.op_tb_group(nf=True), self.op_tb_select_reuse]
 
     def op_nudge(self) -> Op:
         def step(q):
@@ -242,31 +280,39 @@ class Bench:
                   2 * self.batch * (self.context + 1) * self.kv_row(), 1, 0, step, self.q + 0,
                   (self.kc, self.vc, self.lengths + 1))
 
-    def _index_sets(self, nf: bool):
-        """R index lists as TokenButler's own select produces them (random importance keys):
-        i=1 -> budget slots; neighbour fetch (i=4, a prediction step) -> ~2x + the reuse slots."""
-        interval = REUSE_INTERVAL if nf else 1
+    def _group_selections(self, interval: int, nf: bool, n_layers: int) -> list[tuple]:
+        """The selections ((indices, valid) per served layer) of the first rotated producer groups
+        that cover n_layers sparse layers, on a prediction step (random importance keys/queries)."""
+        policy = self.tb_policy(interval, nf)
+        groups = []
+        for producer, served in self.groups:
+            groups.append(producer)
+            n_layers -= len(served)
+            if n_layers <= 0:
+                break
         state = self.tb_state(interval, nf, step=1)
 
         @jax.jit
-        def sets(pp, state, kc, vc):
-            policy = self.policy("tokenbutler", interval, nf, "predict" if interval > 1 else None)
+        def sets(pp, state, kc, vc, k, res):
             out = []
-            for layer in self.sparse_layers:
-                idx, ok, _ = policy.select(pp, layer, self.layer_inputs(), self.cache(kc, vc), state)
-                out.append((idx, ok))
-            return tuple(out)
+            for producer in groups:
+                state, sel = self.group_step(policy, pp, producer, self.layer_inputs(k=k, residual=res),
+                                             self.cache(kc, vc), state)
+                out.append(sel)
+            return out
 
-        result = sets(self.pparams, state, self.kc, self.vc)
-        del state
-        return tuple(r[0] for r in result), tuple(r[1] for r in result)
+        return sets(self.pparams, state, self.kc, self.vc, self.k_tok, self.x)
 
-    def _op_sparse(self, name: str, nf: bool) -> Op | None:
-        try:
-            idx, ok = self._index_sets(nf)
-        except Exception as e:  # noqa: BLE001 - neighbour fetch not implemented yet
-            log(f"skip {name}: {type(e).__name__}: {str(e)[:200]}")
-            return None
+    def _index_sets(self, nf: bool):
+        """R index lists as TokenButler's grouped selection produces them (random importance keys):
+        i=1 -> budget slots; neighbour fetch (i=4, a prediction step) -> ~2x + the reuse slots."""
+        interval = REUSE_INTERVAL if nf else 1
+        n = len(self.sparse_layers)
+        sel = [s for group in self._group_selections(interval, nf, n) for s in group][:n]
+        return tuple(i for i, _ in sel), tuple(o for _, o in sel)
+
+    def _op_sparse(self, name: str, nf: bool) -> Op:
+        idx, ok = self._index_sets(nf)
         valid = float(np.mean([float(o.sum()) for o in ok])) / (self.batch * ok[0].shape[1])
 
         def step(q, kc, vc, idx, ok):
@@ -278,10 +324,10 @@ class Bench:
         floor = self.batch * self.hkv * (valid * 2 * self.hd * self.s.itemsize + idx[0].shape[-1] * 5)
         return Op(name, what, "layer", floor, len(idx), 0, step, self.q + 0, (self.kc, self.vc, idx, ok))
 
-    def op_attn_sparse(self):
+    def op_attn_sparse(self) -> Op:
         return self._op_sparse("attn_sparse", nf=False)
 
-    def op_attn_sparse_nf(self):
+    def op_attn_sparse_nf(self) -> Op:
         return self._op_sparse("attn_sparse_nf", nf=True)
 
     def op_o_proj(self) -> Op:
@@ -348,32 +394,75 @@ class Bench:
         return Op("oracle_select", "Oracle select: decode_scores + decode_select (the loop's call)", "layer",
                   self.batch * self.capacity * self.kv_row(), 1, 1, step, (self.q + 0, z, z > 0), (self.kc, self.vc))
 
-    def op_tb_predictor(self) -> Op:
+    def _op_observe(self, name: str, what: str, per: str, layers: tuple[int, ...], served: float, floor: float) -> Op:
+        """observe_decode at `layers` on a reuse step (no prediction: key projection + importance-key
+        write, importance queries at producers), one call per layer."""
         state = self.tb_state(1, False, step=1)
-        n_layers = self.layers
-        residual = self.x + 0
+        policy = self.policy("tokenbutler", REUSE_INTERVAL, False, "reuse")
 
         def step(carry, pp, lengths):
             st, k, res = carry
-            policy = self.policy("tokenbutler", 1, False)
             k, res = nudge(k, st.query), nudge(res, st.query)
             cache = KVCache((), (), lengths)
-            for layer in range(n_layers):
+            for layer in layers:
                 st = policy.observe_decode(pp, layer, self.layer_inputs(k=k, residual=res), cache, st)
             return st, k, res
 
-        per_layer = tree_bytes(self.pparams) / n_layers
-        return Op("tb_predictor", "observe_decode: key projection + importance-key write; producer every 4th layer "
-                  "(average over all layers)", "layer", per_layer, n_layers, 2 / n_layers, step,
-                  (state, self.k_tok + 0, residual), (self.pparams, self.lengths))
+        return Op(name, what, per, floor, len(layers), 2 / len(layers), step, (state, self.k_tok + 0, self.x + 0),
+                  (self.pparams, self.lengths), layers=served)
+
+    def op_tb_predictor(self) -> Op:
+        return self._op_observe("tb_predictor", "observe_decode without a prediction: key projection + importance-key "
+                                "write; producer every 4th layer (average over all layers)", "layer",
+                                tuple(range(self.layers)), 1, tree_bytes(self.pparams) / self.layers)
+
+    def producer_bytes(self) -> float:
+        """Weights one producer's observe_decode reads: its MLP + its layer's key projection."""
+        proj = tree_bytes(self.pparams["key_cache_proj"])
+        producers = len(self.policy("tokenbutler").adapter.producers)
+        return (tree_bytes(self.pparams) - proj) / producers + proj / self.layers
+
+    def group_layers(self) -> float:
+        """Sparse layers a rotated producer group serves, on average."""
+        return float(np.mean([len(served) for _, served in self.groups]))
+
+    def op_tb_producer(self) -> Op:
+        return self._op_observe("tb_producer", "a producer's observe_decode without a prediction (subtracted from "
+                                "tb_group*, in tb_predictor already)", "group", tuple(p for p, _ in self.groups),
+                                self.group_layers(), self.producer_bytes())
+
+    def op_tb_group(self, nf: bool) -> Op:
+        """One producer group of a prediction step per call (i=1, or i=4 + neighbour fetch)."""
+        interval = REUSE_INTERVAL if nf else 1
+        policy = self.tb_policy(interval, nf)
+        state = self.tb_state(interval, nf, step=1)
+        groups = tuple(p for p, _ in self.groups)
+
+        def step(carry, pp, kc, vc):
+            st, k, res, sel = carry
+            for producer in groups:
+                k, res = nudge(k, sel[-1][0]), nudge(res, sel[-1][0])
+                st, sel = self.group_step(policy, pp, producer, self.layer_inputs(k=k, residual=res), self.cache(kc, vc), st)
+            return st, k, res, sel
+
+        last = jax.eval_shape(lambda pp, st, kc, vc: self.group_step(
+            policy, pp, groups[-1], self.layer_inputs(k=self.k_tok, residual=self.x), self.cache(kc, vc), st)[1],
+            self.pparams, state, self.kc, self.vc)
+        g = self.group_layers()
+        kind = f"i={interval} + neighbour fetch, prediction step" if nf else "i=1"
+        what = (f"one producer group, {kind}: observe_decode at the producer (+ scores of its {g:g} layers, one top-K "
+                f"on [B, {g:g}*Hkv, T]{' + expansion' if nf else ''}) + the layers' select")
+        floor = self.producer_bytes() + g * self.importance_key_bytes()
+        return Op("tb_group_nf" if nf else "tb_group", what, "group", floor, len(groups), 2, step,
+                  (state, self.k_tok + 0, self.x + 0, zeros_of(last)), (self.pparams, self.kc, self.vc), layers=g)
 
     def op_tb_scores(self) -> Op:
         state = self.tb_state(1, False, step=1)
         layers = self.sparse_layers
+        policy = self.policy("tokenbutler")
 
         def step(carry, pp, kc, vc):
             st, _ = carry
-            policy = self.policy("tokenbutler", 1, False)
             for layer in layers:
                 scores, _ = policy.decode_scores(pp, layer, self.layer_inputs(), self.cache(kc, vc), st)
                 st = st._replace(query=nudge(st.query, scores))
@@ -381,34 +470,33 @@ class Bench:
 
         scores0 = jnp.zeros((self.batch, self.hkv, self.capacity), jnp.float32)
         return Op("tb_scores", "TokenButler decode_scores: query . cached importance keys [B, Hkv, T, d'], max over the group",
-                  "layer", self.batch * self.hkv * self.capacity * self.s.pcfg.dDash * self.s.itemsize, len(layers), 1,
-                  step, (state, scores0), (self.pparams, self.kc, self.vc))
+                  "layer", self.importance_key_bytes(), len(layers), 1, step, (state, scores0), (self.pparams, self.kc, self.vc))
 
-    def op_select(self, dtype) -> Op:
+    def op_select(self, dtype, group: bool = False) -> Op:
+        """decode_select on one layer's scores [B, Hkv, T], or (group) a producer group's stacked [B, G*Hkv, T]."""
         s = self.s
         budget = parse_budget(str(s.budget))
         k_max = budget.max_kept(self.capacity)  # sinks and window inside the budget
-        scores = self.rnd((self.batch, self.hkv, self.capacity), jnp.float32).astype(dtype)
+        layers = len(self.groups[0][1]) if group else 1
+        rows = self.hkv * layers
+        scores = self.rnd((self.batch, rows, self.capacity), jnp.float32).astype(dtype)
 
         def step(carry, lengths):
             sc, _, _ = carry
             idx, ok = decode_select(sc, lengths, budget, k_max, s.n_sink, s.n_window, "auto")
             return sc.at[:, :, 0].set(idx[:, :, 0].astype(sc.dtype)), idx, ok
 
-        z = jnp.zeros((self.batch, self.hkv, k_max), jnp.int32)
-        name = "select" if dtype == jnp.float32 else "select_bf16"
-        return Op(name, f"decode_select (kernels.topk_select) on {jnp.dtype(dtype).name} scores [{self.batch * self.hkv}, {self.capacity}]",
-                  "layer", self.batch * self.hkv * self.capacity * jnp.dtype(dtype).itemsize, 1, 1, step,
-                  (scores, z, z > 0), (self.lengths,), informational=dtype != jnp.float32)
+        z = jnp.zeros((self.batch, rows, k_max), jnp.int32)
+        name = "select_group" if group else "select" if dtype == jnp.float32 else "select_bf16"
+        what = f"decode_select (kernels.topk_select) on {jnp.dtype(dtype).name} scores [{self.batch * rows}, {self.capacity}]"
+        return Op(name, what, "group" if group else "layer", self.batch * rows * self.capacity * jnp.dtype(dtype).itemsize,
+                  1, 1, step, (scores, z, z > 0), (self.lengths,), informational=dtype != jnp.float32, layers=layers)
 
-    def op_nf_expand(self) -> Op | None:
-        try:
-            idx, ok = self._index_sets(False)
-            policy = self.policy("tokenbutler", REUSE_INTERVAL, True, "predict")
-            expand = policy._expand  # the neighbour-fetch step of TokenButler's prediction
-        except Exception as e:  # noqa: BLE001 - not implemented yet / renamed
-            log(f"skip nf_expand: {type(e).__name__}: {str(e)[:200]}")
-            return None
+    def op_nf_expand(self) -> Op:
+        """The neighbour-fetch expansion of a producer group's stacked top-K lists [B, G*Hkv, k]."""
+        sel = self._group_selections(1, False, 1)[0]
+        idx, ok = jnp.concatenate([i for i, _ in sel], 1), jnp.concatenate([o for _, o in sel], 1)
+        expand = self.tb_policy(REUSE_INTERVAL, True)._expand  # the neighbour-fetch step of TokenButler's prediction
         cap = self.capacity
 
         def step(carry, lengths):
@@ -416,51 +504,38 @@ class Bench:
             wide, wok = expand(i, o, lengths, cap)
             return i.at[:, :, 0].set(wide[:, :, 0]), o, wide, wok
 
-        k2 = min(2 * idx[0].shape[-1], cap)
-        z = jnp.zeros((self.batch, self.hkv, k2), jnp.int32)
-        return Op("nf_expand", "neighbour-fetch expansion of a prediction's index list (policy._expand)", "layer",
-                  self.batch * self.hkv * 3 * k2 * 5, 1, 1, step, (idx[0], ok[0], z, z > 0), (self.lengths,))
+        k2 = min(2 * idx.shape[-1], cap)
+        z = jnp.zeros((self.batch, idx.shape[1], k2), jnp.int32)
+        return Op("nf_expand_group", f"neighbour-fetch expansion of a group's stacked top-K lists [{self.batch * idx.shape[1]}, "
+                  f"{idx.shape[-1]}] (policy._expand)", "group", self.batch * idx.shape[1] * 3 * k2 * 5, 1, 1, step,
+                  (idx, ok, z, z > 0), (self.lengths,), layers=len(sel))
 
-    def _op_tb_select(self, name: str, what: str, interval: int, nf: bool, step_no: int, floor: float) -> Op | None:
-        phase = None if interval == 1 else ("predict" if (step_no - 1) % interval == 0 else "reuse")
-        try:
-            state = self.tb_state(interval, nf, step=step_no)
-            k = self.policy("tokenbutler", interval, nf, phase)
-        except Exception as e:  # noqa: BLE001
-            log(f"skip {name}: {type(e).__name__}: {str(e)[:200]}")
-            return None
-        slots = k.k_select(self.capacity) if hasattr(k, "k_select") else k.k_max(self.capacity)
-        slots += interval if interval > 1 else 0
+    def op_tb_select_reuse(self) -> Op:
+        """A consumer layer's select on a reuse step (i=4 + neighbour fetch): the previous list + the new tokens."""
+        i = REUSE_INTERVAL
+        state = self.tb_state(i, True, step=2)
+        policy = self.policy("tokenbutler", i, True, "reuse")
+        slots = policy.k_select(self.capacity) + i
         layers = self.sparse_layers
 
         def step(carry, pp, kc, vc):
             st, _, _ = carry
-            policy = self.policy("tokenbutler", interval, nf, phase)
             for layer in layers:
                 idx, ok, st = policy.select(pp, layer, self.layer_inputs(), self.cache(kc, vc), st)
                 st = st._replace(query=nudge(st.query, idx))
             return st, idx, ok
 
         z = jnp.zeros((self.batch, self.hkv, slots), jnp.int32)
-        return Op(name, what, "layer", floor, len(layers), 1, step, (state, z, z > 0), (self.pparams, self.kc, self.vc))
-
-    def op_tb_select_i1(self):
-        return self._op_tb_select("tb_select_i1", "TokenButler select, i=1: decode_scores + decode_select (the loop's call)",
-                                  1, False, 1, self.batch * self.hkv * self.capacity * self.s.pcfg.dDash * self.s.itemsize)
-
-    def op_tb_select_nf(self, predict: bool):
-        i = REUSE_INTERVAL
-        if predict:
-            return self._op_tb_select("tb_select_nf_predict", f"TokenButler select, i={i} + neighbour fetch, prediction step "
-                                      "(the loop's prediction branch: scores + top-K + expansion; + reuse slots)", i, True, 1,
-                                      self.batch * self.hkv * self.capacity * self.s.pcfg.dDash * self.s.itemsize)
-        return self._op_tb_select("tb_select_nf_reuse", f"TokenButler select, i={i} + neighbour fetch, reuse step "
-                                  "(the loop's reuse branch: previous list + new tokens)", i, True, 2, 0)
+        return Op("tb_select_nf_reuse", f"TokenButler select, i={i} + neighbour fetch, reuse step (the loop's reuse "
+                  "branch: previous list + new tokens)", "layer", 0, len(layers), 1, step, (state, z, z > 0),
+                  (self.pparams, self.kc, self.vc))
 
 
 # --- per-token composition ---------------------------------------------------------------------
-def compose(us: dict[str, float], s: Settings, m: Method) -> tuple[dict[str, float], list[str]]:
-    """ms/token by group for a method from per-call op times (us); notes on approximations."""
+def compose(us: dict[str, float], s: Settings, m: Method, groups: tuple[int, ...], timed: float
+            ) -> tuple[dict[str, float], list[str]]:
+    """ms/token by group for a method from per-call op times (us); notes on approximations.
+    groups: the sparse layers each of the model's producer groups serves; timed: per timed group, on average."""
     L = s.cfg.num_hidden_layers
     d = L if m.kind == "dense" else min(s.dense_layers, L)
     S = L - d
@@ -481,26 +556,35 @@ def compose(us: dict[str, float], s: Settings, m: Method) -> tuple[dict[str, flo
         g["selection (top-K)"] = S * get("select")
         g["select: other"] = S * get("oracle_select") - g["scoring"] - g["selection (top-K)"]
     elif m.kind == "tokenbutler":
-        n = m.interval
-        nf = m.neighbor_fetch
-        g["attention (sparse)"] = S * get("attn_sparse_nf" if nf else "attn_sparse")
+        g["attention (sparse)"] = S * get("attn_sparse_nf" if m.neighbor_fetch else "attn_sparse")
         g["predictor"] = L * get("tb_predictor")
-        g["scoring"] = S / n * get("tb_scores")
-        g["selection (top-K)"] = S / n * get("select")
-        g["neighbour expansion"] = S / n * get("nf_expand") if nf else 0.0
-        if n == 1 and not nf:
-            whole = S * get("tb_select_i1")
-        elif nf:
-            whole = S * (get("tb_select_nf_predict") / n + (1 - 1 / n) * get("tb_select_nf_reuse"))
-            if n == 1:
-                notes.append("i=1 with neighbour fetch: the i=4 prediction-step select stands in")
-            elif n != REUSE_INTERVAL:
-                notes.append(f"select measured at i={REUSE_INTERVAL} (the reuse slots differ by {n - REUSE_INTERVAL})")
-        else:
-            whole = S * (get("tb_select_i1") / n + (1 - 1 / n) * get("tb_select_nf_reuse"))
-            notes.append("no-nf i>1: i=1 select + the nf reuse step stand in")
-        g["select: other"] = whole - g["scoring"] - g["selection (top-K)"] - g["neighbour expansion"]
+        notes += tokenbutler_selection(g, get, m, S, groups, timed)
     return {k: v / 1e3 for k, v in g.items()}, notes
+
+
+def tokenbutler_selection(g: dict[str, float], get: Callable[[str], float], m: Method, S: int, groups: tuple[int, ...],
+                          timed: float) -> list[str]:
+    """Add TokenButler's selection (us/token) to g: on a prediction step (1 / interval of the steps) each
+    producer group's grouped prediction (tb_group* - tb_producer, whose observe_decode the predictor
+    counts), on the others each sparse layer's reuse select; scoring / top-K / expansion split out of it.
+    Returns the notes on the stand-ins."""
+    n, nf, P = m.interval, m.neighbor_fetch, len(groups)
+    notes = []
+    predict = P * (get("tb_group_nf" if nf else "tb_group") - get("tb_producer"))
+    whole = predict / n + S * (1 - 1 / n) * get("tb_select_nf_reuse")
+    g["scoring"] = S / n * get("tb_scores")
+    g["selection (top-K)"] = P / n * get("select_group")
+    g["neighbour expansion"] = P / n * get("nf_expand_group") if nf else 0.0
+    g["select: other"] = whole - g["scoring"] - g["selection (top-K)"] - g["neighbour expansion"]
+    if nf and n == 1:
+        notes.append(f"i=1 with neighbour fetch: the i={REUSE_INTERVAL} prediction-step group stands in")
+    elif nf and n != REUSE_INTERVAL:
+        notes.append(f"select measured at i={REUSE_INTERVAL} (the reuse slots differ by {n - REUSE_INTERVAL})")
+    elif not nf and n > 1:
+        notes.append("no-nf i>1: the i=1 group + the nf reuse step stand in")
+    if not math.isclose(timed * P, sum(groups)):
+        notes.append(f"per-group ops timed on groups of {timed:g} layers; the {P} producer groups serve {list(groups)}")
+    return notes
 
 
 def load_e2e(path: str | None, out: Path) -> dict:
@@ -538,16 +622,20 @@ def parse_args(argv=None):
     return args
 
 
+def setup(args) -> tuple[Settings, Any, dict, dict, int]:
+    """(settings, predictor module, random params of the R rotated layers, random predictor params, R)."""
+    s, _, predictor = load_settings(args)
+    rot = max(1, min(args.rotate, s.cfg.num_hidden_layers))
+    params = jax.jit(lambda: init_params(dataclasses.replace(s.cfg, num_hidden_layers=rot)))()
+    return s, predictor, params, init_predictor(s, predictor), rot
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
-    s, _, predictor = load_settings(args)
+    s, predictor, params, pparams, rot = setup(args)
     cfg = s.cfg
     out = Path(args.out)
     methods = [Method.parse(x) for x in args.methods.split(",") if x.strip()]
-    rot = max(1, min(args.rotate, cfg.num_hidden_layers))
-    cfg_r = dataclasses.replace(cfg, num_hidden_layers=rot)
-    params = jax.jit(lambda: init_params(cfg_r))()
-    pparams = init_predictor(s, predictor)
     bandwidth = args.bandwidth_tbps * 1e12 if args.bandwidth_tbps else read_bandwidth()
     log(f"device {jax.devices()[0].device_kind}; read bandwidth {bandwidth / 1e12:.2f} TB/s; {rot} layers' weights rotated")
     full_params = jax.eval_shape(lambda: init_params(cfg))
@@ -567,7 +655,7 @@ def main(argv=None) -> None:
                 except Exception as e:  # noqa: BLE001
                     log(f"  build failed: {type(e).__name__}: {str(e)[:300]}")
                     continue
-                if op is None or (wanted and op.name not in wanted and op.name != "nudge"):
+                if wanted and op.name not in wanted and op.name != "nudge":
                     continue
                 try:
                     sec, n, compile_s = time_op(op, bandwidth, args.target_ms / 1e3, args.n_bounds)
@@ -584,15 +672,18 @@ def main(argv=None) -> None:
                 us_raw[op.name], us_net[op.name] = raw, net
                 floor_us = op.floor_bytes / bandwidth * 1e6
                 results.append(dict(batch=batch, context=context, op=op.name, what=op.what, per=op.per, us_raw=raw,
-                                    us_net=net, floor_us=floor_us, floor_bytes=op.floor_bytes, iterations=n,
+                                    us_net=net, layers=op.layers, us_net_per_layer=net / op.layers, floor_us=floor_us,
+                                    floor_bytes=op.floor_bytes, iterations=n,
                                     calls_per_iteration=op.reps, nudges=op.nudges, compile_s=compile_s,
                                     informational=op.informational))
-                log(f"  {op.name:22s} {raw:9.2f} us raw {net:9.2f} net  floor {floor_us:8.2f} us  "
+                per_layer = f" ({net / op.layers:.2f} per layer)" if op.per == "group" else ""
+                log(f"  {op.name:22s} {raw:9.2f} us raw {net:9.2f} net{per_layer}  floor {floor_us:8.2f} us  "
                     f"(n={n} x {op.reps}, compile {compile_s:.1f}s)")
+            group_sizes, timed = tuple(len(served) for _, served in bench.all_groups), bench.group_layers()
             del bench
             gc.collect()
             for m in methods:
-                groups, notes = compose(us_net, s, m)
+                groups, notes = compose(us_net, s, m, group_sizes, timed)
                 total = sum(groups.values())
                 floor = s.read_bytes(m, batch, context, weights, tree_bytes(pparams))["total"] / bandwidth * 1e3
                 e = e2e.get((m.label, batch, context))
@@ -604,16 +695,18 @@ def main(argv=None) -> None:
                            f"end to end {e2e_ms:.2f}, gap {check['gap_ms']:+.2f} ms ({check['gap_pct']:+.1f} %: "
                            f"{'within' if check['within'] else 'OUTSIDE'} {100 * SUM_TOLERANCE:.0f} %)")
                 log(f"  {m.label:20s} sum of ops {total:7.2f} ms/token, {verdict}, floor {floor:.2f}")
-            write_outputs(args, s, rot, bandwidth, e2e, results, totals)  # per group: a cut-short run keeps its figures
+            # per (batch, context): a cut-short run keeps its figures
+            write_outputs(args, s, rot, len(group_sizes), bandwidth, e2e, results, totals)
 
 
-def write_outputs(args, s: Settings, rot: int, bandwidth: float, e2e: dict, results: list, totals: list) -> None:
+def write_outputs(args, s: Settings, rot: int, n_groups: int, bandwidth: float, e2e: dict, results: list,
+                  totals: list) -> None:
     """decode_breakdown.json / .md / .png under --out from the groups measured so far."""
     out = Path(args.out)
     meta = run_meta(args, bandwidth)
     data = dict(meta=meta, settings=dict(config=args.config, budget=args.budget, n_sink=args.n_sink, n_window=args.n_window,
                                          rotate=rot, target_ms=args.target_ms, reuse_interval=REUSE_INTERVAL,
-                                         e2e=e2e.get("_path")),
+                                         producer_groups=n_groups, e2e=e2e.get("_path")),
                 ops=results, totals=totals)
     out.mkdir(parents=True, exist_ok=True)
     (out / "decode_breakdown.json").write_text(json.dumps(data, indent=1))
@@ -642,17 +735,20 @@ def markdown(data: dict, s: Settings) -> str:
              f"{st['n_window']} recent), per-KV-head selection, {L} layers, layer 0 dense.", ""]
     for batch, context in dict.fromkeys((r["batch"], r["context"]) for r in data["ops"]):
         lines += [f"## Batch {batch}, context {context}", "",
-                  "| op | what | per | us raw | us net | floor us | floor / net |", "|---|---|---|---:|---:|---:|---:|"]
+                  "| op | what | per | us raw | us net | us net / layer | floor us | floor / net |",
+                  "|---|---|---|---:|---:|---:|---:|---:|"]
         for r in data["ops"]:
             if (r["batch"], r["context"]) != (batch, context):
                 continue
             eff = f"{100 * r['floor_us'] / r['us_net']:.0f}%" if r["us_net"] > 0 and r["floor_us"] > 0 else "-"
+            per_layer = f"{r['us_net_per_layer']:.2f}" if r["per"] != "token" else "-"
             lines.append(f"| {r['op']}{' (info)' if r['informational'] else ''} | {r['what']} | {r['per']} | "
-                         f"{r['us_raw']:.2f} | {r['us_net']:.2f} | {r['floor_us']:.2f} | {eff} |")
+                         f"{r['us_raw']:.2f} | {r['us_net']:.2f} | {per_layer} | {r['floor_us']:.2f} | {eff} |")
         tot = [t for t in data["totals"] if (t["batch"], t["context"]) == (batch, context)]
         if tot:
             groups = list(dict.fromkeys(g for t in tot for g in t["groups_ms"]))
-            lines += ["", f"Per token (ms; per-layer ops x {L} layers, or x {L - s.dense_layers} sparse layers [/ predict_interval]):", "",
+            lines += ["", f"Per token (ms; per-layer ops x {L} layers, or x {L - s.dense_layers} sparse layers, per-group ops x "
+                      f"{st['producer_groups']} producer groups [/ predict_interval]):", "",
                       "| group | " + " | ".join(t["method"] for t in tot) + " |", "|---|" + "---:|" * len(tot)]
             for g in groups:
                 lines.append(f"| {g} | " + " | ".join(f"{t['groups_ms'].get(g, 0.0):.3f}" for t in tot) + " |")
