@@ -81,3 +81,17 @@ def test_location_inaccuracy_is_shown_in_percent_once() -> None:
     row = {"metric": "location_inaccuracy", "value": 78.571, "ci_low": 71.4, "ci_high": 85.7, "n": 2}
     assert cell(row) == "78.6 [71.4, 85.7] (n=2)"
     assert cell({**row, "metric": "coref_exact", "value": 0.5, "ci_low": 0.25, "ci_high": 0.75}) == "50.0 [25.0, 75.0] (n=2)"
+
+
+def test_kept_tokens_come_from_the_measured_statistics() -> None:
+    """Co-reference records carry measured `kept_tokens` and no `count`: the summary shows them (it read
+    "not measured"); perplexity without `kept_tokens` falls back to the sparsity formula; RULER has none."""
+    from butler_jax.eval.report import kept_tokens_mean
+
+    coref = {"method": "oracle", "budget": "fixed_50pc", "task": "coref", "sample": "0", "score": 1.0,
+             "sparsity": 0.498, "kept_tokens": 131.5}
+    assert kept_tokens_mean(coref) == 131.5
+    assert kept_tokens_mean({"sparsity": 0.5, "count": 1022}) == 0.5 * 1024 / 2
+    assert kept_tokens_mean({"score": 1.0}) is None
+    row = next(r for r in summarize([coref]) if r["task"] == "coref")
+    assert row["kept_tokens_mean"] == 131.5

@@ -41,9 +41,12 @@ def nominal_sparsity(budget: str) -> float | None:
 
 
 def kept_tokens_mean(record: dict[str, Any]) -> float | None:
-    """Mean keys attended per query row and head, from the measured sparsity of a teacher-forced window of
-    `count + 1` tokens (causal rows see (T + 1) / 2 keys on average); None where not measured (RULER
-    generation records no selection statistics yet)."""
+    """Mean keys attended per query row and selection head: the record's measured `kept_tokens` (the
+    simulated passes' statistics), else from the measured sparsity of a teacher-forced window of `count + 1`
+    tokens (causal rows see (T + 1) / 2 keys on average); None where not measured (RULER generation records
+    no selection statistics yet)."""
+    if record.get("kept_tokens") is not None:
+        return float(record["kept_tokens"])
     if record.get("sparsity") is None or record.get("count") is None:
         return None
     return (1 - record["sparsity"]) * (record["count"] + 2) / 2
