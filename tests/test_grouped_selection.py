@@ -14,6 +14,7 @@ from butler_jax.config import ModelConfig, PredictorConfig
 from butler_jax.decode import decode_step, generate, prefill
 from butler_jax.models.llama import LlamaForCausalLM, init_params
 from butler_jax.models.predictor_longctx import LongctxPredictor
+from butler_jax.sharding.local import Shard
 from butler_jax.sparsity import SparsityConfig, make_policy, parse_budget
 from butler_jax.sparsity.select import decode_select
 
@@ -102,13 +103,13 @@ def test_grouped_decode_runs_one_top_k_per_group(tiny, interval) -> None:
 
 
 def test_grouped_needs_a_forced_current_token() -> None:
-    """No recent window (the current token's stale key could be chosen), a lone select at i > 1 or a
-    sharded decode: per layer."""
+    """No recent window (the current token's stale key could be chosen) or a lone select at i > 1:
+    per layer; a sharded decode groups too (tests/test_sharded_decode.py checks it)."""
     assert not longctx_policy(replace(section(1, False), n_window=0), True)[0].grouped
     assert not longctx_policy(section(4, False), True)[0].grouped  # phase None: a lone select branches per layer
     policy = longctx_policy(section(4, False), True)[0]
     assert replace(policy, phase="predict").grouped and replace(policy, phase="reuse").grouped
-    assert not replace(policy, phase="predict", shard=object()).grouped  # sharded decode: per layer
+    assert replace(policy, phase="predict", shard=Shard(2)).grouped  # sharded decode: grouped
 
 
 @pytest.mark.parametrize("budget", ["8", "fixed_50pc"])

@@ -1,6 +1,7 @@
 """Sharded decode on 8 simulated CPU devices equals one-device decode: the tokens of dense, Quest
 and TokenButler (paper v2 and long-context predictors) on 2, 4 and 8 sequence shards (and a
-KV-head split), and the sharded top-K index for index (ties, short rows, both selection paths).
+KV-head split), and the sharded top-K index for index (ties, short rows, both selection paths),
+also as long-context TokenButler's grouped selection (one top-K per producer group) runs it in decode.
 
 XLA_FLAGS must name the device count before JAX starts its backend: run alone
 (`pytest tests/test_sharded_decode.py`) this module sets it; in a process where JAX started
@@ -9,10 +10,12 @@ already (the whole suite), `test_in_its_own_process` reruns this file in a fresh
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 FLAG = "--xla_force_host_platform_device_count=8"
@@ -33,6 +36,7 @@ from butler_jax.models.llama import LlamaForCausalLM, init_params  # noqa: E402
 from butler_jax.models.predictor import PaperPredictor, init_predictor  # noqa: E402
 from butler_jax.models.predictor_longctx import LongctxPredictor  # noqa: E402
 from butler_jax.sharding import attention as sharded_attention  # noqa: E402
+from butler_jax.sharding.decode import shard_policy  # noqa: E402
 from butler_jax.sharding.local import Shard  # noqa: E402
 from butler_jax.sharding.mesh import SEQ, MeshConfig, on_mesh  # noqa: E402
 from butler_jax.sharding.placement import place_cache  # noqa: E402
@@ -101,6 +105,49 @@ def test_sharded_generation_equals_one_device(tiny, case) -> None:
     for n in (2, 4, 8):
         sharded = generate(model, params, PROMPTS, NEW, policy=policy, policy_params=pp, mesh=MeshConfig(seq=n)).rows()
         assert sharded == one, f"{case} on {n} shards"
+
+
+def _recording(policy, records: dict):
+    """`policy` whose every decode select appends to records[(step, layer)] its selection as global
+    positions: per (batch row, head) the sorted valid ones. Sharded, every device appends the same."""
+
+    def record(layer: int, step, indices, valid) -> None:
+        indices, valid = np.asarray(indices), np.asarray(valid)
+        rows = tuple(tuple(np.sort(indices[r][valid[r]])) for r in np.ndindex(valid.shape[:2]))
+        records.setdefault((int(step), layer), []).append(rows)
+
+    class Recording(type(policy)):
+        def select(self, params, layer, x, cache, state):
+            idx, ok, new = super().select(params, layer, x, cache, state)
+            glob = (idx, ok) if self.shard is None else global_selection(idx, ok, self.shard, cache.capacity)
+            jax.debug.callback(partial(record, layer), state.step, *glob)
+            return idx, ok, new
+
+    return Recording(**{f.name: getattr(policy, f.name) for f in dataclasses.fields(policy)})
+
+
+@needs8
+def test_sharded_grouped_selection_equals_one_device(tiny) -> None:
+    """Long-context TokenButler selects per producer group on a mesh (one device included); on 2 and
+    8 shards the tokens and, at every step and sparse layer, the selected positions are the one-device ones."""
+    model, params = tiny
+    section = SparsityConfig(method="tokenbutler", budget="12", n_sink=2, n_window=3, implementation="xla")
+    policy, pp = make_policy(section, CFG, _predictor("longctx"))
+    assert all(shard_policy(policy, CFG, MeshConfig(seq=n))[0].grouped for n in (1, 2, 8))
+    runs = {}
+    for n in (1, 2, 8):
+        records = {}
+        mesh = MeshConfig(seq=n) if n > 1 else None  # n = 1: no mesh, the one-device reference
+        tokens = generate(model, params, PROMPTS, NEW, policy=_recording(policy, records), policy_params=pp,
+                          mesh=mesh).rows()
+        runs[n] = tokens, records
+    tokens, one = runs[1]
+    assert len(one) == (NEW - 1) * (CFG.num_hidden_layers - 1) and all(len(calls) == 1 for calls in one.values())
+    for n in (2, 8):
+        assert runs[n][0] == tokens, f"{n} shards"
+        assert runs[n][1].keys() == one.keys()
+        for key, calls in runs[n][1].items():
+            assert calls == one[key] * n, f"{n} shards, (step, layer) {key}"
 
 
 @needs8

@@ -31,8 +31,10 @@ axis [B, G*Hsel, T] (rows are independent: the same result as per-layer calls, o
 group instead of per layer) and stores each layer's part in `previous`, which the layer's `select`
 then reads. Layer l > p has not written the current token's importance key yet, so that one slot
 is stale; it is the query itself, forced in by the recent window whatever its score, so grouping
-needs n_window >= 1. Without it, in a sharded decode and for a lone `select` at i > 1 (no `phase`)
-the layers select one by one.
+needs n_window >= 1. In a sharded decode the stacked rows hold this device's tokens [B, G*Hsel, Tl]
+and go through `sharding.select.sharded_select` as a single layer's rows do (exact per row, so
+exact stacked). Without a recent window, and for a lone `select` at i > 1 (no `phase`), the layers
+select one by one.
 """
 
 from __future__ import annotations
@@ -157,7 +159,9 @@ class TokenButlerBase(ScoredPolicy):
         return idx, ok, state
 
     def _top(self, scores: jnp.ndarray, cache) -> tuple[jnp.ndarray, jnp.ndarray]:
-        """Top-K (+ neighbour fetch) of scores [B, R, T] per row -> (indices, valid) [B, R, k_select]."""
+        """Top-K (+ neighbour fetch) of scores [B, R, T] per row -> (indices, valid) [B, R, k_select];
+        sharded: T = this device's tokens, `select_top` exchanges and returns local slots (no
+        neighbour fetch there: `sharding.decode.check_policy` refuses it)."""
         idx, ok = self.select_top(scores, cache.lengths, cache.capacity, self.settings.n_window)
         if self.neighbor_fetch:
             idx, ok = self._expand(idx, ok, cache.lengths, cache.capacity)
@@ -292,8 +296,8 @@ class TokenButlerLongctxPolicy(TokenButlerBase):
     @property
     def grouped(self) -> bool:
         """Whether prediction steps select per producer group: asked for, the current token forced
-        (n_window >= 1), one device, and every step's kind static (i = 1 or a fixed `phase`)."""
-        return (self.group_selection and self.settings.n_window >= 1 and self.shard is None
+        (n_window >= 1) and every step's kind static (i = 1 or a fixed `phase`); sharded or not."""
+        return (self.group_selection and self.settings.n_window >= 1
                 and (self.predict_interval == 1 or self.phase is not None))
 
     def served(self, producer: int) -> tuple[int, ...]:
@@ -302,8 +306,8 @@ class TokenButlerLongctxPolicy(TokenButlerBase):
         return tuple(l for l in range(producer + 1, last + 1) if l >= self.settings.dense_layers)
 
     def _group_predict(self, params, producer: int, cache, state: TokenButlerState) -> TokenButlerState:
-        """One `_top` over the served layers' scores stacked to [B, n*Hsel, T]; each layer's
-        [B, Hsel, k_select] part stored in state.previous."""
+        """One `_top` over the served layers' scores stacked to [B, n*Hsel, T] (T: this device's
+        tokens when sharded); each layer's [B, Hsel, k_select] part stored in state.previous."""
         layers = self.served(producer)
         if not layers:
             return state
