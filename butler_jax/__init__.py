@@ -7,7 +7,9 @@
 pyproject.toml installs two folders of the repository inside this package (package_dir):
 `kernels/` as `butler_jax.kernels` and the root scripts (train.py, evaluate.py, convert_torch.py)
 as `butler_jax.commands`, so nothing but `butler_jax` is installed at the top level. In a source
-checkout (or an editable install) the finder below gives those names the same folders.
+checkout (or an editable install) the finder below gives those names the same folders. `kernels/` has
+no `__init__.py`: from the repository root it is at most a namespace portion, so Hugging Face's
+installed `kernels` package (a dependency of transformers >= 5.25) still wins `import kernels`.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ class _SourceTreeFinder(importlib.abc.MetaPathFinder):
         return spec
 
 
-if not (Path(__file__).resolve().parent / "kernels").is_dir() and (_ROOT / "kernels" / "__init__.py").is_file():
+if not (Path(__file__).resolve().parent / "kernels").is_dir() and (_ROOT / "kernels" / "topk_select.py").is_file():
     sys.meta_path.insert(0, _SourceTreeFinder())  # before an editable install's finder, which may map another checkout
 
 

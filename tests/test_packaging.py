@@ -39,7 +39,8 @@ def installed(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("install")
     src = tmp / "src"
     shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache", "outputs", "runs", "bench", "tests"))
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache", "outputs", "runs", "bench", "tests",
+        ".gguf*", ".whl", ".eval-data", ".train-*", ".ckpt*", ".wt-*"))
     isolation = ["--no-build-isolation"] if _has_build_backend() else []  # else pip fetches setuptools
     cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", *isolation, "--target", str(tmp / "site"), str(src)]
     done = subprocess.run(cmd, capture_output=True, text=True)
@@ -70,11 +71,20 @@ sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "")
 sys.path[:] = [{site!r}] + [p for p in sys.path if p and Path(p).resolve() != Path({repo!r})]
 """
 
+# Nothing under ROOT answers `import kernels` as a regular package (Hugging Face's `kernels`, a dependency
+# of transformers >= 5.25, may be installed and must win), and transformers' probe of it imports.
+KERNELS_NOT_SHADOWED = """
+import importlib, importlib.util
+from pathlib import Path
+spec = importlib.util.find_spec("kernels")
+assert spec is None or spec.origin is None or not Path(spec.origin).resolve().is_relative_to(Path({root!r}).resolve()), spec
+try:
+    importlib.import_module("transformers.integrations.hub_kernels")
+except ModuleNotFoundError as e:  # older transformers: no such module
+    assert e.name == "transformers.integrations.hub_kernels", e
+"""
+
 CHECK_INSTALLED = """
-import importlib.util
-assert importlib.util.find_spec("kernels") is None, importlib.util.find_spec("kernels")
-from transformers.utils import is_kernels_available
-assert not is_kernels_available(), "transformers sees a `kernels` package"
 import butler_jax, butler_jax.kernels.topk_select as topk
 from butler_jax.paths import SHIPPED_PREDICTOR, resolve_config
 from butler_jax.config import load_yaml
@@ -94,8 +104,22 @@ def run_isolated(code: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_installed_package_has_no_top_level_kernels(installed, tmp_path) -> None:
-    code = ISOLATE.format(site=str(installed), repo=str(REPO)) + CHECK_INSTALLED.format(site=str(installed))
+    code = (ISOLATE.format(site=str(installed), repo=str(REPO)) + KERNELS_NOT_SHADOWED.format(root=str(installed))
+            + CHECK_INSTALLED.format(site=str(installed)))
     done = run_isolated(code, tmp_path)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+def test_repository_root_does_not_shadow_hugging_face_kernels() -> None:
+    """Run from the repository root (its folder first on sys.path, as `python evaluate.py` or `python -m pytest`),
+    `kernels/` is no regular package (no __init__.py), so transformers finds Hugging Face's `kernels` when it is
+    installed (transformers 5.25 failed `from kernels import CUDAProperties` on our folder), and
+    `butler_jax.kernels` still maps to it."""
+    code = KERNELS_NOT_SHADOWED.format(root=str(REPO)) + (
+        "import butler_jax.kernels.topk_select as topk\n"
+        f"assert Path(topk.__file__).resolve() == Path({str(REPO / 'kernels' / 'topk_select.py')!r}).resolve()\n"
+        "print('ok')\n")
+    done = run_isolated(code, REPO)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
 
 
