@@ -71,13 +71,14 @@ sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "")
 sys.path[:] = [{site!r}] + [p for p in sys.path if p and Path(p).resolve() != Path({repo!r})]
 """
 
-# Nothing under ROOT answers `import kernels` as a regular package (Hugging Face's `kernels`, a dependency
+# No regular package in ROOT/kernels answers `import kernels` (Hugging Face's `kernels`, a dependency
 # of transformers >= 5.25, may be installed and must win), and transformers' probe of it imports.
 KERNELS_NOT_SHADOWED = """
 import importlib, importlib.util
 from pathlib import Path
 spec = importlib.util.find_spec("kernels")
-assert spec is None or spec.origin is None or not Path(spec.origin).resolve().is_relative_to(Path({root!r}).resolve()), spec
+ours = (Path({root!r}) / "kernels").resolve()
+assert spec is None or spec.origin is None or not Path(spec.origin).resolve().is_relative_to(ours), spec
 try:
     importlib.import_module("transformers.integrations.hub_kernels")
 except ModuleNotFoundError as e:  # older transformers: no such module
