@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 
 from butler_jax.config import ModelConfig, load_yaml, section
-from butler_jax.errors import ConfigError
 from butler_jax.eval.config import EvalConfig, check_eval_config
 from butler_jax.eval.provenance import files_hash, provenance
 from butler_jax.eval.runner import Task, run_tasks
@@ -97,15 +96,16 @@ def build_tasks(eval_cfg: EvalConfig, sparsity: SparsityConfig, model, params, t
         batch = max(1, min(eval_cfg.ruler_batch, len(every)))
         # one compiled shape per RULER length (or file): its longest prompt and largest output cap, so a
         # 4K prompt is not padded to the 8K one's width
+        length_of = lambda task: task.rsplit("@", 1)[1]  # noqa: E731 - "task@4096" -> "4096" ("file" for JSONL)
         groups: dict[str, list] = {}
         for task, items in generated.items():
-            groups.setdefault(task.rsplit("@", 1)[1], []).extend(items)
+            groups.setdefault(length_of(task), []).extend(items)
         evaluators = {group: functools.partial(evaluate_ruler, model, params, tokenizer, stops, batch=batch,
                                                prompt_width=-(-max(s.token_length for s in items) // 64) * 64,
                                                max_new_tokens=max(s.max_new_tokens for s in items))
                       for group, items in groups.items()}
         for task, items in generated.items():
-            evaluate = evaluators[task.rsplit("@", 1)[1]]
+            evaluate = evaluators[length_of(task)]
             samples = [TaskSample(f"{task}-{s.index}", s) for s in items]
             # the prompts themselves are the task settings (haystack, qa file, seed, template, code)
             settings = dict(common, task="ruler", prompts=_sha("\x00".join(s.input + "\x01" + "|".join(s.answers)
