@@ -74,7 +74,7 @@ from butler_jax.kernels.select_keys import select_keys as _keys
 _RADIX_BITS = 4
 _N_THRESH = 1 << _RADIX_BITS
 _BLOCK_T = 2048
-METHODS = ("auto", "sampled", "radix")
+METHODS = ("auto", "sampled", "quantile", "radix")
 
 _SAMPLE = 4096  # sampled keys per row (guess kernel)
 _SAMPLE_CHUNK = 8  # contiguous keys per sample chunk: one 32-byte sector of f32 scores
@@ -394,6 +394,287 @@ def _sampled_select(scores, lengths, k, *, n_sink, n_recent, interpret, plan):
     return (jnp.where(valid, out, 0), valid), row[:, 3] != 0
 
 
+# ----------------------------------------------------------------------------- quantile select
+
+
+class _QPlan(NamedTuple):
+    """Static sizes of the quantile select (see `_qplan`)."""
+    seg: int  # tokens per (row, segment) program of the count / bin / emit passes
+    block: int  # tokens per loop step of the bin / emit passes (= seg: one step)
+    n_seg: int  # segments per row (a power of 2; trailing ones may lie past T)
+    sub: int  # tokens per loop step of the count pass
+    sample: int  # sampled keys per row (guess kernel)
+    chunk: int  # contiguous keys per sample chunk
+    owned: int  # samples ranked per guess program (grid (R, sample / owned))
+    edges: int  # thresholds per row: hi, then sample keys at evenly spaced ranks down to lo
+    bin: int  # slots of the boundary bin per row
+    rank_chunk: int  # bin slots compared per step of the resolve kernel's ranking
+    warps: int  # num_warps of the (row, segment) passes
+    small_warps: int  # num_warps of the guess and resolve kernels
+
+
+def _qplan(t: int, **overrides) -> _QPlan:
+    """Sizes for rows of T tokens: segments of 2048 tokens, 2048 samples, 128 thresholds.
+
+    The thresholds split the bracket [lo, hi) (about 2 x 4.5 binomial std of the sample rank, ~106
+    sample ranks at 2048 samples) at single sample ranks, so a bin holds ~T / sample keys
+    (exponentially distributed: 512 slots hold it but for ~3e-4 of the rows, which the radix path
+    then selects)."""
+    seg = min(2048, next_power_of_2(t))
+    sample = min(2048, next_power_of_2(t))
+    plan = _QPlan(seg=seg, block=seg, n_seg=next_power_of_2(cdiv(t, seg)), sub=min(128, seg),
+                  sample=sample, chunk=min(_SAMPLE_CHUNK, sample), owned=min(128, sample),
+                  edges=128, bin=512, rank_chunk=64, warps=8, small_warps=16)
+    return plan._replace(**overrides)
+
+
+def _stratified_positions(i, n, sample: int, chunk: int):
+    """Token positions of sample indices i (int32 array) in a row of n valid tokens: `chunk`
+    contiguous tokens at `sample / chunk` evenly spaced starts, or token i when n <= sample."""
+    nch = sample // chunk
+    c, j = i // chunk, i % chunk
+    start = c * (n // nch) + (c * (n % nch)) // nch  # evenly spaced; no int32 overflow
+    return jnp.where(n > sample, start - start % chunk + j, i)
+
+
+def _bracket_ranks(n, k: int, plan: _QPlan):
+    """Sample ranks (1-based, largest first) of the bracket: (r_hi, r_lo, valid samples); the
+    row's K-th key lies between the sample keys of these ranks but for ~7e-6 of the rows."""
+    s_valid = jnp.minimum(n, plan.sample)
+    sf = s_valid.astype(jnp.float32)
+    q = k / jnp.maximum(n, 1).astype(jnp.float32)
+    margin = _SIGMAS * jnp.sqrt(sf * q * jnp.maximum(1.0 - q, 0.0)) + _SLACK
+    return (jnp.floor(q * sf - margin).astype(jnp.int32),
+            jnp.ceil(q * sf + margin).astype(jnp.int32), s_valid)
+
+
+def _edge_ranks(n, k: int, plan: _QPlan):
+    """0-based sample rank of each threshold e >= 1 ([edges]; e = 0 is hi, set by `_thresholds`):
+    evenly spaced from rank r_hi (e = 1) to r_lo (e = edges - 1), clipped to the valid samples."""
+    r_hi, r_lo, s_valid = _bracket_ranks(n, k, plan)
+    first = jnp.clip(r_hi, 1, s_valid)
+    last = jnp.clip(r_lo, 1, s_valid)
+    e = jnp.maximum(jnp.arange(plan.edges, dtype=jnp.int32) - 1, 0)
+    return first - 1 + (e * (last - first)) // (plan.edges - 2)
+
+
+def _guess_q_kernel(s_ref, len_ref, tau_ref, *, t, k, plan, n_sink, n_recent):
+    """One (row, sample part): ranks `owned` samples among all (ties to the lower sample index)
+    and stores those at the thresholds' ranks -> tau_ref [edges] (entries e >= 1 it owns)."""
+    length = len_ref[0, 0]
+    n = jnp.minimum(length, t)
+
+    def sample_keys(first):
+        i = first + jnp.arange(plan.owned, dtype=jnp.int32)
+        pos = _stratified_positions(i, n, plan.sample, plan.chunk)
+        inside = pos < n
+        pos = jnp.where(inside, pos, 0)
+        x = plgpu.load(s_ref.at[pos], mask=inside, other=0)
+        return i, jnp.where(inside, _keys(x, pos, length, n_sink, n_recent), INVALID_KEY)
+
+    mine, key = sample_keys(pl.program_id(1) * plan.owned)
+
+    def body(c, acc):
+        other, okey = sample_keys(c * plan.owned)
+        before = (okey[None, :] > key[:, None]) | (
+            (okey[None, :] == key[:, None]) & (other[None, :] < mine[:, None]))
+        return acc + before.astype(jnp.int32)
+
+    acc = jax.lax.fori_loop(0, plan.sample // plan.owned, body,
+                            jnp.zeros((plan.owned, plan.owned), jnp.int32))
+    rank = jnp.sum(acc, axis=1)
+    _, r_lo, s_valid = _bracket_ranks(n, k, plan)
+    at = (rank[:, None] == _edge_ranks(n, k, plan)[None, :]) & (key[:, None] != INVALID_KEY)
+    value = jnp.sum(jnp.where(at, key[:, None], 0), axis=0)
+    e = jnp.arange(plan.edges, dtype=jnp.int32)
+    value = jnp.where((e == plan.edges - 1) & (r_lo > s_valid), _MIN_SCORE_KEY, value)
+    owns = (jnp.sum(at.astype(jnp.int32), axis=0) > 0) & (e > 0)
+    plgpu.store(tau_ref, value, mask=owns)
+
+
+def _thresholds(tau, n, k: int, plan: _QPlan):
+    """The row's thresholds [edges], descending: hi (just above the sample key of rank r_hi, or
+    above every key), then the guess kernel's sample keys; all _MIN_SCORE_KEY when the row holds
+    <= K valid tokens (every valid key counts as above)."""
+    r_hi, _, _ = _bracket_ranks(n, k, plan)
+    e = jnp.arange(plan.edges, dtype=jnp.int32)
+    first = jnp.sum(jnp.where(e == 1, tau, 0))
+    hi = jnp.where((r_hi < 1) | (first >= FORCED_KEY), _HI_ALL, first + 1)
+    tau = jnp.where(e == 0, hi, tau)
+    return jnp.where(n <= k, _MIN_SCORE_KEY, tau)
+
+
+def _count_q_kernel(s_ref, len_ref, tau_ref, cnt_ref, *, t, k, plan, n_sink, n_recent):
+    """One (row, segment): per threshold the segment's keys >= it -> cnt_ref [edges]."""
+    seg0 = pl.program_id(1) * plan.seg
+    length = len_ref[0, 0]
+    n = jnp.minimum(length, t)
+    tau = _thresholds(tau_ref[0, :], n, k, plan)
+    n_sub = jnp.clip((n - seg0 + plan.sub - 1) // plan.sub, 0, plan.seg // plan.sub)
+
+    def body(b, acc):
+        start = pl.multiple_of(seg0 + b * plan.sub, plan.sub)
+        pos = start + jnp.arange(plan.sub, dtype=jnp.int32)
+        x = plgpu.load(s_ref.at[pl.ds(start, plan.sub)], mask=pos < n, other=0)
+        key = _keys(x, pos, length, n_sink, n_recent)
+        return acc + (key[:, None] >= tau[None, :]).astype(jnp.int32)
+
+    acc = jax.lax.fori_loop(0, n_sub, body, jnp.zeros((plan.sub, plan.edges), jnp.int32))
+    cnt_ref[0, :] = jnp.sum(acc, axis=0)
+
+
+def _boundary(counts, n, k: int, plan: _QPlan):
+    """From the per-segment counts [n_seg, edges]: the bin j (keys in [tau_{j+1}, tau_j)) that
+    holds the row's K-th key, per segment its keys above the bin [n_seg] and in it [n_seg], and
+    whether the bracket holds (#keys >= hi < K <= #keys >= lo)."""
+    total = jnp.sum(counts, axis=0)
+    e = jnp.arange(plan.edges, dtype=jnp.int32)
+    j = jnp.sum((total < k).astype(jnp.int32)) - 1
+    holds = (jnp.sum(jnp.where(e == 0, total, 0)) < k) & (
+        jnp.sum(jnp.where(e == plan.edges - 1, total, 0)) >= k)
+    jj = jnp.clip(j, 0, plan.edges - 2)
+    above = jnp.sum(jnp.where(e[None, :] == jj, counts, 0), axis=1)
+    inside = jnp.sum(jnp.where(e[None, :] == jj + 1, counts, 0), axis=1) - above
+    return jj, above, inside, holds & (n > k)
+
+
+def _bin_q_kernel(s_ref, len_ref, tau_ref, cnt_ref, key_ref, pos_ref, *, t, k, plan, n_sink,
+                  n_recent):
+    """One (row, segment): the segment's keys in the boundary bin -> key_ref / pos_ref [bin] at
+    the segment's offset (in-segment cumsum; slots past `bin` dropped)."""
+    s = pl.program_id(1)
+    seg0, length, n, n_blocks = _segment(len_ref, t=t, plan=plan)
+    tau = _thresholds(tau_ref[0, :], n, k, plan)
+    j, _, inside, holds = _boundary(cnt_ref[0, :, :], n, k, plan)
+    off = jnp.sum(jnp.where(jnp.arange(plan.n_seg, dtype=jnp.int32) < s, inside, 0))
+    e = jnp.arange(plan.edges, dtype=jnp.int32)
+    top, bottom = jnp.sum(jnp.where(e == j, tau, 0)), jnp.sum(jnp.where(e == j + 1, tau, 0))
+
+    def body(b, off):
+        pos, key = _block_keys(s_ref, b, seg0, length, n, plan=plan, n_sink=n_sink,
+                               n_recent=n_recent)
+        member = (key >= bottom) & (key < top)
+        slot = off + jnp.cumsum(member.astype(jnp.int32)) - 1
+        keep = member & (slot < plan.bin)
+        # Dropped lanes aim past the buffer: never stored on the GPU, dropped by the interpreter.
+        target = jnp.where(keep, slot, plan.bin)
+        plgpu.store(key_ref.at[target], key, mask=keep)
+        plgpu.store(pos_ref.at[target], pos, mask=keep)
+        return off + jnp.sum(member.astype(jnp.int32))
+
+    jax.lax.fori_loop(0, jnp.where(holds, n_blocks, 0), body, off)
+
+
+def _resolve_q_kernel(key_ref, pos_ref, cnt_ref, len_ref, row_ref, slot_ref, tie_ref, *, t, k,
+                      plan):
+    """One row: th = the (K - #keys above the bin)-th largest bin key (ranks over the bin, ties to
+    the lower index) and the emit pass's inputs: row_ref [1, 4] = (th, ties needed, count, ok);
+    slot_ref / tie_ref [1, n_seg]: output slots / ties == th before each segment."""
+    n = jnp.minimum(len_ref[0, 0], t)
+    counts = cnt_ref[0, :, :]
+    _, above, inside, holds = _boundary(counts, n, k, plan)
+    n_bin = jnp.sum(inside)
+    need = k - jnp.sum(above)
+    slots = jnp.arange(plan.bin, dtype=jnp.int32)
+    held = slots < n_bin
+    key = jnp.where(held, key_ref[...], INVALID_KEY)
+    pos = pos_ref[...]
+
+    def body(c, acc):
+        rc = plan.rank_chunk
+        other = pl.ds(pl.multiple_of(c * rc, rc), rc)
+        okey = jnp.where(c * rc + jnp.arange(rc) < n_bin, key_ref[other], INVALID_KEY)
+        opos = pos_ref[other]
+        before = (okey[None, :] > key[:, None]) | (
+            (okey[None, :] == key[:, None]) & (opos[None, :] < pos[:, None]))
+        return acc + before.astype(jnp.int32)
+
+    n_chunks = (jnp.minimum(n_bin, plan.bin) + plan.rank_chunk - 1) // plan.rank_chunk
+    acc = jax.lax.fori_loop(0, n_chunks, body,
+                            jnp.zeros((plan.bin, plan.rank_chunk), jnp.int32))
+    rank = jnp.sum(acc, axis=1)
+    trivial = n <= k
+    th = jnp.where(trivial, INVALID_KEY,
+                   jnp.sum(jnp.where(held & (rank == need - 1), key, 0)))
+    seg_of = jnp.where(held, pos // plan.seg, -1)
+    in_seg = seg_of[None, :] == jnp.arange(plan.n_seg, dtype=jnp.int32)[:, None]
+    gt = above + jnp.sum((in_seg & (key[None, :] > th)).astype(jnp.int32), axis=1)
+    e = jnp.arange(plan.edges, dtype=jnp.int32)
+    every = jnp.sum(jnp.where(e[None, :] == 0, counts, 0), axis=1)  # thresholds all MIN
+    gt = jnp.where(trivial, every, gt)
+    eq = jnp.where(trivial, 0, jnp.sum((in_seg & (key[None, :] == th)).astype(jnp.int32), axis=1))
+    ties_needed = k - jnp.sum(gt)
+    ties_before = jnp.cumsum(eq) - eq
+    taken = gt + jnp.clip(ties_needed - ties_before, 0, eq)
+    slot_ref[0, :] = jnp.cumsum(taken) - taken
+    tie_ref[0, :] = ties_before
+    ok = trivial | (holds & (n_bin <= plan.bin) & (need >= 1))
+    col = jnp.arange(4)
+    row_ref[0, :] = jnp.where(col == 0, th, jnp.where(col == 1, ties_needed, jnp.where(
+        col == 2, jnp.sum(taken), ok.astype(jnp.int32))))
+
+
+def _quantile_select(scores, lengths, k, *, n_sink, n_recent, interpret, plan):
+    """Quantile select. -> ((indices, valid) [R, K], ok [R] bool: row is exact)."""
+    r, t = scores.shape
+    lengths2 = lengths[:, None]
+    ns, ne = plan.n_seg, plan.edges
+    row_spec = pl.BlockSpec((None, t), lambda i, *_: (i, 0))
+    len_spec = pl.BlockSpec((1, 1), lambda i, *_: (i, 0))
+    tau_spec = pl.BlockSpec((1, ne), lambda i, *_: (i, 0))
+    small = plgpu.CompilerParams(num_warps=plan.small_warps, num_stages=1)
+    passes = plgpu.CompilerParams(num_warps=plan.warps, num_stages=2)
+    kw = dict(t=t, k=k, plan=plan, n_sink=n_sink, n_recent=n_recent)
+
+    tau = pl.pallas_call(
+        functools.partial(_guess_q_kernel, **kw),
+        grid=(r, plan.sample // plan.owned), in_specs=[row_spec, len_spec],
+        out_specs=pl.BlockSpec((None, ne), lambda i, p: (i, 0)),
+        out_shape=jax.ShapeDtypeStruct((r, ne), jnp.int32),
+        compiler_params=small, interpret=interpret, name="topk_q_guess",
+    )(scores, lengths2)
+    counts = pl.pallas_call(
+        functools.partial(_count_q_kernel, **kw),
+        grid=(r, ns), in_specs=[row_spec, len_spec, tau_spec],
+        out_specs=pl.BlockSpec((1, ne), lambda i, s: (i, s)),
+        out_shape=jax.ShapeDtypeStruct((r, ns * ne), jnp.int32),
+        compiler_params=passes, interpret=interpret, name="topk_q_count",
+    )(scores, lengths2, tau).reshape(r, ns, ne)
+    cnt_spec = pl.BlockSpec((1, ns, ne), lambda i, *_: (i, 0, 0))
+    bin_spec = pl.BlockSpec((None, plan.bin), lambda i, *_: (i, 0))
+    bin_key, bin_pos = pl.pallas_call(
+        functools.partial(_bin_q_kernel, **kw),
+        grid=(r, ns), in_specs=[row_spec, len_spec, tau_spec, cnt_spec],
+        out_specs=[bin_spec, bin_spec],
+        out_shape=[jax.ShapeDtypeStruct((r, plan.bin), jnp.int32)] * 2,
+        compiler_params=passes, interpret=interpret, name="topk_q_bin",
+    )(scores, lengths2, tau, counts)
+    row, slot, ties = pl.pallas_call(
+        functools.partial(_resolve_q_kernel, t=t, k=k, plan=plan),
+        grid=(r,), in_specs=[bin_spec, bin_spec, cnt_spec, len_spec],
+        out_specs=[pl.BlockSpec((1, 4), lambda i: (i, 0)),
+                   pl.BlockSpec((1, ns), lambda i: (i, 0)),
+                   pl.BlockSpec((1, ns), lambda i: (i, 0))],
+        out_shape=[jax.ShapeDtypeStruct((r, 4), jnp.int32),
+                   jax.ShapeDtypeStruct((r, ns), jnp.int32),
+                   jax.ShapeDtypeStruct((r, ns), jnp.int32)],
+        compiler_params=small, interpret=interpret, name="topk_q_resolve",
+    )(bin_key, bin_pos, counts, lengths2)
+    seg_spec = pl.BlockSpec((1, 1), lambda i, s: (i, s))
+    out = pl.pallas_call(
+        functools.partial(_emit_kernel, t=t, k=k, plan=plan, n_sink=n_sink,
+                          n_recent=n_recent),
+        grid=(r, ns),
+        in_specs=[row_spec, len_spec, pl.BlockSpec((1, 4), lambda i, s: (i, 0)), seg_spec,
+                  seg_spec],
+        out_specs=pl.BlockSpec((None, k), lambda i, s: (i, 0)),
+        out_shape=jax.ShapeDtypeStruct((r, k), jnp.int32),
+        compiler_params=passes, interpret=interpret, name="topk_q_emit",
+    )(scores, lengths2, row, slot, ties)
+    valid = jnp.arange(k, dtype=jnp.int32)[None, :] < row[:, 2:3]
+    return (jnp.where(valid, out, 0), valid), row[:, 3] != 0
+
+
 # ----------------------------------------------------------------------------- radix select
 
 
@@ -515,7 +796,10 @@ def _topk_select_pallas(scores, lengths, k, n_sink, n_recent, interpret, method=
     radix_auto = method == "auto" and scores.dtype == jnp.bfloat16 and r < _MIN_SAMPLED_ROWS_BF16
     if method == "radix" or t < _MIN_SAMPLED_T or radix_auto:
         return _radix_select(scores, lengths, k, **kw)
-    fast, ok = _sampled_select(scores, lengths, k, plan=_plan(t, k), **kw)
+    if method == "quantile":
+        fast, ok = _quantile_select(scores, lengths, k, plan=_qplan(t), **kw)
+    else:
+        fast, ok = _sampled_select(scores, lengths, k, plan=_plan(t, k), **kw)
     return jax.lax.cond(jnp.all(ok), lambda: fast,
                         lambda: _radix_select(scores, lengths, k, **kw))
 
