@@ -10,8 +10,8 @@ import pytest
 
 from butler_jax.kernels.score_select import (importance_scores, oracle_logits, oracle_select,
                                   score_and_select, score_and_select_reference)
-from butler_jax.kernels.topk_select import (_plan, _qplan, _quantile_select, _sampled_select,
-                                           sample_positions, topk_select, topk_select_reference)
+from butler_jax.kernels.topk_select import (_plan, _sampled_select, sample_positions, topk_select,
+                                           topk_select_reference)
 from tests.kernel_test_base import KERNEL_MODES
 
 
@@ -67,7 +67,7 @@ def _case_inputs(case, dtype):
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("method", ["sampled", "quantile", "radix"])
+@pytest.mark.parametrize("method", ["sampled", "radix"])
 @pytest.mark.parametrize("interpret", KERNEL_MODES)
 def test_topk_select_exact(case, dtype, method, interpret):
     s, lengths, want = _case_inputs(case, dtype)
@@ -112,7 +112,7 @@ _LENGTHS = np.array([_T, 1500, _K // 2, _K, 5], np.int32)  # full, < K, == K, < 
 @pytest.mark.parametrize("kind", ["normal", "ties_at_threshold", "neg_inf", "all_equal",
                                   "f32_low_bits"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-@pytest.mark.parametrize("method", ["sampled", "quantile", "radix"])
+@pytest.mark.parametrize("method", ["sampled", "radix"])
 @pytest.mark.parametrize("interpret", KERNEL_MODES)
 def test_topk_select_hard_rows(kind, dtype, method, interpret):
     """Ties at the threshold, -inf rows, all-equal rows, order in the low f32 bits only; rows:
@@ -218,21 +218,18 @@ def test_sampled_path_exact_when_taken(dtype, interpret):
                             want, k)
 
 
-@pytest.mark.parametrize("method", ["sampled", "quantile"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_topk_select_lowers_for_cuda(dtype, method):
+def test_topk_select_lowers_for_cuda(dtype):
     """The Pallas Triton lowering of the sampled select (radix fallback) at the decode shape, on any host (catches
     lowering errors that interpret mode cannot, e.g. a loop carry that is not a traced value)."""
     export = pytest.importorskip("jax.export")
     spec = jax.ShapeDtypeStruct((8, 131072), dtype)
     lengths = jax.ShapeDtypeStruct((8,), jnp.int32)
     fn = jax.jit(lambda s, n: topk_select(s, 8192, n, n_sink=4, n_recent=64,
-                                          implementation="pallas", method=method))
+                                          implementation="pallas", method="sampled"))
     exported = export.export(fn, platforms=["cuda"], disabled_checks=[
         export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(spec, lengths)
     assert exported.mlir_module().count("xla.gpu.triton") >= 6
-    if method != "sampled":
-        return
     q = jax.ShapeDtypeStruct((1, 8, 16), jnp.bfloat16)
     kimp = jax.ShapeDtypeStruct((1, 8, 131072, 16), jnp.bfloat16)
     fn = jax.jit(lambda q, kk: importance_scores(q, kk, implementation="pallas"))
@@ -285,29 +282,3 @@ def test_sampled_fallback_forced(dtype, interpret):
     _assert_matches(topk_select(s, k, jnp.asarray(lengths), n_sink=2, n_recent=16,
                                 implementation="pallas", interpret=interpret, method="sampled"),
                     want, k)
-
-
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-@pytest.mark.parametrize("interpret", KERNEL_MODES)
-def test_quantile_path_exact_when_taken(dtype, interpret):
-    """The quantile path alone (T not a multiple of its 2048-token segments, one segment past T):
-    on normal scores every row takes it and is exact; on heavy ties the rows it accepts are exact;
-    a bin of 1024 equal scores at the threshold (more than its 512 slots) is refused."""
-    rng = np.random.default_rng(8)
-    rows, t, k = 4, 5000, 300
-    lengths = np.array([t, 2500, 350, 280], np.int32)
-    for kind in ("normal", "ties", "wide_tie"):
-        s = _scores(rng, rows, t, "ties" if kind == "ties" else "normal")
-        if kind == "wide_tie":
-            s[0, rng.permutation(t)[:1024]] = np.sort(s[0])[-200]
-        s = jnp.asarray(s, dtype)
-        want = _exact(np.asarray(s.astype(jnp.float32)), k, lengths, 2, 16)
-        (idx, valid), ok = _quantile_select(s, jnp.asarray(lengths), k, n_sink=2, n_recent=16,
-                                            interpret=interpret, plan=_qplan(t))
-        ok = np.asarray(ok)
-        if kind == "normal":
-            assert ok.all()
-        if kind == "wide_tie":
-            assert not ok[0] and ok[1:].all()
-        for r in np.flatnonzero(ok):
-            _assert_matches((idx[r:r + 1], valid[r:r + 1]), [want[r]], k)
