@@ -3,6 +3,8 @@
 The reports read `summarize` (per layer) or `sparse_layer_means` (one number per record, over
 the layers that select): `sparsity` = 1 - kept / visible keys, `kept_tokens` = kept keys per
 (query row, selection head), `oracle_recall` = kept keys the Oracle also keeps / the Oracle's.
+Decode-simulated passes sum `layer_stats`; real decode steps count `keys_read` per layer
+(`Policy.attend`).
 """
 
 from __future__ import annotations
@@ -61,3 +63,10 @@ def sparse_layer_means(per_layer: list[LayerStats], dense_layers: int) -> dict[s
     layers = list(per_layer[dense_layers:]) or list(per_layer)
     total = sum(layers[1:], layers[0])
     return {k: v[0] for k, v in summarize([total]).items()}
+
+
+def keys_read(valid: jnp.ndarray) -> jnp.ndarray:
+    """Keys one decode query attends at a layer, per selection head: the valid entries of its
+    index list or mask, valid bool [B, Hsel, K or T] -> f32 [B] (mean over the selection heads)."""
+    return valid.sum(-1, dtype=jnp.int32).astype(jnp.float32).mean(-1)
+
