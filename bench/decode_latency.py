@@ -248,10 +248,10 @@ def lower_decode(model, predictor, s: Settings, m: Method, params, pparams, batc
         options = dict(policy=policy, max_new_tokens=steps, sampling=SamplingConfig(), stop_tokens=())
         if mesh is None:
             state = policy.init_state(policy_params, batch, capacity)
-            out, _, new = decode_loop(model, p, first, cache, state, jax.random.PRNGKey(0), return_cache=True,
+            out, _, _, new = decode_loop(model, p, first, cache, state, jax.random.PRNGKey(0), return_cache=True,
                                       policy_params=policy_params, **options)
         else:
-            out, _, new = decode_loop_on_mesh(model, p, policy_params, first, cache, jax.random.PRNGKey(0), mesh=mesh,
+            out, _, _, new = decode_loop_on_mesh(model, p, policy_params, first, cache, jax.random.PRNGKey(0), mesh=mesh,
                                               **options)
         return out, new._replace(lengths=cache.lengths)
 

@@ -7,6 +7,9 @@ first stop token; the loop ends when all rows stopped or `max_new_tokens` were p
 The policy is a static argument (a hashable frozen dataclass: equal policies share one compiled
 program); its parameters `policy_params` and its state are traced arguments. The prompt's
 attention is `prompt_attention`, a decode step's is the policy's `attend`: one call each.
+Every decode step also records, per row and layer, the keys its attention read per selection
+head (the policies' own count of what they attended; `GenerationResult.kept_tokens`); the
+prompt's pass is dense causal attention for every method and records nothing.
 """
 
 from __future__ import annotations
@@ -86,7 +89,8 @@ def prefill(model: LlamaForCausalLM, params, tokens, lengths, cache: KVCache, po
 
 def decode_step(model: LlamaForCausalLM, params, token, cache: KVCache, policy: Policy, state,
                 policy_params: PolicyParams = (), shard: Any = None):
-    """One token per row at position cache.lengths -> (logits [B, V], cache, state); `shard` as in `prefill`.
+    """One token per row at position cache.lengths -> (logits [B, V], cache, state, keys read f32
+    [B, L]: per layer, the keys its attention read per selection head); `shard` as in `prefill`.
 
     A policy with several kinds of step (`step_variants`) gets one `lax.switch` around the whole
     step, its layers running with the kind fixed; others run the layers directly."""
@@ -104,25 +108,31 @@ def _layers_step(model: LlamaForCausalLM, params, token, cache: KVCache, policy:
     write = write_token if shard is None else shard.write_token
 
     def attend(layer: int, x: LayerInputs, carry):
-        cache, state = carry
+        cache, state, kept = carry
         if shard is not None:
             x = shard.local_inputs(x)
         cache = cache.replace_layer(layer, write(cache.k[layer], x.k, cache.lengths),
                                     write(cache.v[layer], x.v, cache.lengths))
-        out, state = policy.attend(policy_params, layer, x, cache, state)
-        return (out if shard is None else shard.all_heads(out)), (cache, state)
+        out, state, keys = policy.attend(policy_params, layer, x, cache, state)
+        return (out if shard is None else shard.all_heads(out)), (cache, state, kept + (keys,))
 
-    h, (cache, state) = model.apply({"params": params}, token[:, None], positions, attend, (cache, state), method="hidden")
+    h, (cache, state, kept) = model.apply({"params": params}, token[:, None], positions, attend, (cache, state, ()),
+                                          method="hidden")
     logits = model.apply({"params": params}, h[:, 0], method="logits")
-    return logits, cache._replace(lengths=cache.lengths + 1), state
+    return logits, cache._replace(lengths=cache.lengths + 1), state, jnp.stack(kept, axis=-1)
 
 
 @dataclass(frozen=True)
 class GenerationResult:
-    """tokens: [B, max_new] (pad after a row stops); num_generated: [B] tokens kept per row."""
+    """tokens: [B, max_new] (pad after a row stops); num_generated: [B] tokens kept per row;
+    kept_tokens: f32 [B, max_new, L], at [b, j, l] (j >= 1) the keys layer l read per selection
+    head in the decode step that produced token j (its query at position prompt length + j - 1,
+    seeing prompt length + j keys); 0 at j = 0 (token 0 comes from the dense prompt pass) and
+    from j = num_generated[b] on."""
 
     tokens: np.ndarray
     num_generated: np.ndarray
+    kept_tokens: np.ndarray
 
     def rows(self) -> list[list[int]]:
         return [list(map(int, t[:n])) for t, n in zip(self.tokens, self.num_generated)]
@@ -131,11 +141,13 @@ class GenerationResult:
 def decode_loop(model: LlamaForCausalLM, params, first, cache: KVCache, state, key, *, policy: Policy,
                 max_new_tokens: int, sampling: SamplingConfig, stop_tokens: tuple[int, ...], return_cache: bool = False,
                 policy_params: PolicyParams = (), shard: Any = None):
-    """Tokens [B, max_new_tokens] (first = the token sampled from prefill) and counts [B], in one
-    while_loop (and the final cache when `return_cache`); `shard` as in `prefill`."""
+    """Tokens [B, max_new_tokens] (first = the token sampled from prefill), counts [B] and the keys
+    read f32 [B, max_new_tokens, L] (`GenerationResult.kept_tokens`), in one while_loop (and the
+    final cache when `return_cache`); `shard` as in `prefill`."""
     batch = first.shape[0]
     stops = jnp.asarray(stop_tokens or (-1,), jnp.int32)
     out = jnp.zeros((batch, max_new_tokens), jnp.int32).at[:, 0].set(first)
+    kept = jnp.zeros((batch, max_new_tokens, model.cfg.num_hidden_layers), jnp.float32)
     done = jnp.isin(first, stops)
     count = jnp.ones((batch,), jnp.int32)
 
@@ -144,18 +156,20 @@ def decode_loop(model: LlamaForCausalLM, params, first, cache: KVCache, state, k
         return (step < max_new_tokens) & ~jnp.all(done)
 
     def body(carry):
-        step, out, done, count, cache, state, key = carry
-        logits, cache, state = decode_step(model, params, out[:, step - 1], cache, policy, state, policy_params, shard)
+        step, out, kept, done, count, cache, state, key = carry
+        logits, cache, state, keys = decode_step(model, params, out[:, step - 1], cache, policy, state, policy_params,
+                                                 shard)
         key, sub = jax.random.split(key)
         token = jnp.where(done, 0, sample(logits, sub, sampling))
         out = out.at[:, step].set(token)
+        kept = kept.at[:, step].set(jnp.where(done[:, None], 0.0, keys))
         count = count + (~done).astype(jnp.int32)
         done = done | jnp.isin(token, stops)
-        return step + 1, out, done, count, cache, state, key
+        return step + 1, out, kept, done, count, cache, state, key
 
-    carry = (jnp.int32(1), out, done, count, cache, state, key)
-    _, out, _, count, cache, _, _ = jax.lax.while_loop(cond, body, carry)
-    return (out, count, cache) if return_cache else (out, count)
+    carry = (jnp.int32(1), out, kept, done, count, cache, state, key)
+    _, out, kept, _, count, cache, _, _ = jax.lax.while_loop(cond, body, carry)
+    return (out, count, kept, cache) if return_cache else (out, count, kept)
 
 
 @partial(jax.jit, static_argnames=("model", "policy", "max_new_tokens", "sampling", "stop_tokens", "capacity"))
@@ -221,9 +235,9 @@ def generate(
     options = dict(policy=policy or DensePolicy(), max_new_tokens=max_new_tokens, sampling=sampling,
                    stop_tokens=tuple(int(t) for t in stop_tokens), capacity=capacity)
     if mesh is None:
-        out, count = _generate(*args, **options)
+        out, count, kept = _generate(*args, **options)
     else:
         from butler_jax.sharding.decode import generate_sharded
 
-        out, count = generate_sharded(*args, mesh=mesh, **options)
-    return GenerationResult(np.asarray(out), np.asarray(count))
+        out, count, kept = generate_sharded(*args, mesh=mesh, **options)
+    return GenerationResult(np.asarray(out), np.asarray(count), np.asarray(kept))

@@ -42,7 +42,7 @@ def test_prefill_then_decode_steps_equal_full_forward() -> None:
     step = jax.jit(lambda p, t, c: decode_step(model, p, t, c, policy, ()))
     for i in range(6):
         token = seqs[np.arange(2), lengths + i]
-        logits, cache, _ = step(params, jnp.asarray(token), cache)
+        logits, cache, _, _ = step(params, jnp.asarray(token), cache)
         for b in range(2):
             assert np.abs(np.asarray(logits[b]) - full[b][lengths[b] + i]).max() <= 1e-4
 

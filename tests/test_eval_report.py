@@ -85,7 +85,8 @@ def test_location_inaccuracy_is_shown_in_percent_once() -> None:
 
 def test_kept_tokens_come_from_the_measured_statistics() -> None:
     """Co-reference records carry measured `kept_tokens` and no `count`: the summary shows them (it read
-    "not measured"); perplexity without `kept_tokens` falls back to the sparsity formula; RULER has none."""
+    "not measured"); perplexity without `kept_tokens` falls back to the sparsity formula; a record with
+    neither (RULER stored before it measured its decode steps) has none."""
     from butler_jax.eval.report import kept_tokens_mean
 
     coref = {"method": "oracle", "budget": "fixed_50pc", "task": "coref", "sample": "0", "score": 1.0,

@@ -54,8 +54,9 @@ class Recorder:
         return (self.inner.observe_prefill(params, layer, x, cache, lengths, state[0]),) + state[1:]
 
     def attend(self, params, layer, x, cache, state):
-        out, inner = self.inner.attend(params, layer, x, cache, state[0])
-        return out, (inner, state[1].at[layer].set(x.q.astype(jnp.float32)), state[2].at[layer].set(out.astype(jnp.float32)))
+        out, inner, kept = self.inner.attend(params, layer, x, cache, state[0])
+        recorded = state[1].at[layer].set(x.q.astype(jnp.float32)), state[2].at[layer].set(out.astype(jnp.float32))
+        return out, (inner, *recorded), kept
 
 
 def run_decode(model, params, prompt, feed, pol, capacity):
@@ -69,7 +70,7 @@ def run_decode(model, params, prompt, feed, pol, capacity):
                                policy=pol, state=state)
     yield logits, cache, state
     for s in range(feed.shape[1]):
-        logits, cache, state = step(params, jnp.asarray(feed[:, s]), cache, policy=pol, state=state)
+        logits, cache, state, _ = step(params, jnp.asarray(feed[:, s]), cache, policy=pol, state=state)
         yield logits, cache, state
 
 

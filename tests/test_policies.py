@@ -46,7 +46,7 @@ def teacher_forced_decode_logits(model, params, tokens: np.ndarray, policy) -> n
     out = [np.asarray(logits[0])]
     step = jax.jit(lambda p, tok, c, s: decode_step(model, p, tok, c, policy, s, pp))
     for i in range(1, t):
-        logits, cache, state = step(params, jnp.asarray(tokens[:, i]), cache, state)
+        logits, cache, state, _ = step(params, jnp.asarray(tokens[:, i]), cache, state)
         out.append(np.asarray(logits[0]))
     return np.stack(out)
 

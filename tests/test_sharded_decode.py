@@ -100,11 +100,12 @@ def test_sharded_generation_equals_one_device(tiny, case) -> None:
     method, kind, budget = CASES[case]
     section = SparsityConfig(method=method, budget=budget, n_sink=2, n_window=3, page_size=4, implementation="xla")
     policy, pp = make_policy(section, CFG, _predictor(kind) if kind else None)
-    one = generate(model, params, PROMPTS, NEW, policy=policy, policy_params=pp).rows()
-    assert all(len(r) == NEW for r in one)
+    one = generate(model, params, PROMPTS, NEW, policy=policy, policy_params=pp)
+    assert all(len(r) == NEW for r in one.rows())
     for n in (2, 4, 8):
-        sharded = generate(model, params, PROMPTS, NEW, policy=policy, policy_params=pp, mesh=MeshConfig(seq=n)).rows()
-        assert sharded == one, f"{case} on {n} shards"
+        sharded = generate(model, params, PROMPTS, NEW, policy=policy, policy_params=pp, mesh=MeshConfig(seq=n))
+        assert sharded.rows() == one.rows(), f"{case} on {n} shards"
+        np.testing.assert_array_equal(sharded.kept_tokens, one.kept_tokens, err_msg=f"{case} on {n} shards: keys read")
 
 
 def _recording(policy, records: dict):
@@ -156,9 +157,10 @@ def test_kv_head_split_equals_one_device(tiny, method) -> None:
     model, params = tiny
     policy, pp = make_policy(SparsityConfig(method=method, budget="16", n_sink=2, n_window=3, page_size=4,
                                             implementation="xla"), CFG)
-    one = generate(model, params, PROMPTS, NEW, policy=policy, policy_params=pp).rows()
-    mesh = MeshConfig(seq=4, kv_heads=2)
-    assert generate(model, params, PROMPTS, NEW, policy=policy, policy_params=pp, mesh=mesh).rows() == one
+    one = generate(model, params, PROMPTS, NEW, policy=policy, policy_params=pp)
+    split = generate(model, params, PROMPTS, NEW, policy=policy, policy_params=pp, mesh=MeshConfig(seq=4, kv_heads=2))
+    assert split.rows() == one.rows()
+    np.testing.assert_array_equal(split.kept_tokens, one.kept_tokens)
 
 
 def _selection_case(seed: int, t: int):

@@ -88,7 +88,7 @@ def build_tasks(eval_cfg: EvalConfig, sparsity: SparsityConfig, model, params, t
         settings = dict(common, task="coref", seed=eval_cfg.seed, length=eval_cfg.coref_length)
         tasks.append(("coref", samples, evaluate, eval_cfg.coref_budgets or eval_cfg.budgets, 1, settings))
     if "ruler" in eval_cfg.tasks:
-        from butler_jax.eval.tasks_generation import TaskSample, evaluate_ruler
+        from butler_jax.eval.tasks_generation import RULER_RECORD, TaskSample, evaluate_ruler
 
         generated = ruler_samples(eval_cfg, tokenizer)
         stops = [model.cfg.eos_token_id] if model.cfg.eos_token_id is not None else []
@@ -108,8 +108,8 @@ def build_tasks(eval_cfg: EvalConfig, sparsity: SparsityConfig, model, params, t
             evaluate = evaluators[length_of(task)]
             samples = [TaskSample(f"{task}-{s.index}", s) for s in items]
             # the prompts themselves are the task settings (haystack, qa file, seed, template, code)
-            settings = dict(common, task="ruler", prompts=_sha("\x00".join(s.input + "\x01" + "|".join(s.answers)
-                                                                           for s in items)))
+            settings = dict(common, task="ruler", record=RULER_RECORD,
+                            prompts=_sha("\x00".join(s.input + "\x01" + "|".join(s.answers) for s in items)))
             tasks.append((f"ruler:{task}", samples, evaluate, eval_cfg.ruler_budgets or eval_cfg.budgets, batch,
                           settings))
     return tasks

@@ -8,6 +8,12 @@ over its tasks ("ruler mean", metric `ruler_mean`) and over each of RULER's task
 `ruler_family_mean`; families in eval/ruler_tasks.py `FAMILIES`); a mean over fewer tasks than its
 set holds, counted over all methods at that length, is named so: "ruler mean (3 of 13 tasks)",
 "ruler niah mean (2 of 8 tasks)". A method that ran fewer of them than that says "over only N tasks".
+
+Every row carries, beside the nominal budget, the measured `effective_sparsity` and
+`kept_tokens_mean`: the mean over its records of their measured `sparsity` / `kept_tokens` (the
+simulated passes' statistics for perplexity and co-reference, the decode steps' for RULER); a row
+none of whose records measured them (records stored before RULER measured its decode steps) says
+"not measured", never 0.
 """
 
 from __future__ import annotations
@@ -42,9 +48,9 @@ def nominal_sparsity(budget: str) -> float | None:
 
 def kept_tokens_mean(record: dict[str, Any]) -> float | None:
     """Mean keys attended per query row and selection head: the record's measured `kept_tokens` (the
-    simulated passes' statistics), else from the measured sparsity of a teacher-forced window of `count + 1`
-    tokens (causal rows see (T + 1) / 2 keys on average); None where not measured (RULER generation records
-    no selection statistics yet)."""
+    simulated passes' statistics; for RULER the decode steps', `tasks_generation.ruler_selection`), else
+    from the measured sparsity of a teacher-forced window of `count + 1` tokens (causal rows see (T + 1) / 2
+    keys on average); None where not measured."""
     if record.get("kept_tokens") is not None:
         return float(record["kept_tokens"])
     if record.get("sparsity") is None or record.get("count") is None:
@@ -177,14 +183,15 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
               "| method | budget | task | nominal sparsity | effective sparsity | kept tokens (mean per row) | "
               "perplexity vs dense, paired [95 % CI] |", "|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["method"] != "dense", r["method"], r["budget"], r["task"])):
-        if r["metric"] in ("location_inaccuracy", "ruler_mean", "ruler_family_mean"):
+        if r["metric"] == "location_inaccuracy":  # its co-reference row holds the same selection
             continue
         pct = lambda v: "" if v is None else f"{100 * v:.2f} %"  # noqa: E731
+        measured = "not measured" if r.get("effective_sparsity") is None else pct(r["effective_sparsity"])
         kept = "not measured" if r.get("kept_tokens_mean") is None else f"{r['kept_tokens_mean']:.1f}"
         vs = "" if r.get("vs_dense") is None else (
             f"{100 * r['vs_dense']:+.2f} % [{100 * r['vs_dense_ci_low']:+.2f}, {100 * r['vs_dense_ci_high']:+.2f}]")
         lines.append(f"| {r['method']} | {r['budget']} | {r['task']} | {pct(r['nominal_sparsity'])} | "
-                     f"{pct(r['effective_sparsity'])} | {kept} | {vs} |")
+                     f"{measured} | {kept} | {vs} |")
     deviations = sorted({d for r in rows for d in r["deviations"].split("; ") if d})
     if deviations:
         lines += ["", "**Deviations from the reference benchmark:**"] + [f"- {d}" for d in deviations]

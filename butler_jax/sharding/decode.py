@@ -94,12 +94,13 @@ def _generate_sharded(model, params, policy_params, tokens, lengths, key, *, pol
         return decode_loop(model, params, first, cache, state, key, policy=policy, max_new_tokens=max_new_tokens,
                            sampling=sampling, stop_tokens=stop_tokens, policy_params=policy_params, shard=shard)
 
-    return on_mesh(local, mesh, in_specs=(P(),) * 5, out_specs=(P(), P()))(params, policy_params, tokens, lengths, key)
+    return on_mesh(local, mesh, in_specs=(P(),) * 5, out_specs=(P(), P(), P()))(params, policy_params, tokens, lengths, key)
 
 
 def generate_sharded(model, params, policy_params, tokens, lengths, key, *, policy: Policy, mesh: MeshConfig,
                      max_new_tokens: int, sampling, stop_tokens: tuple[int, ...], capacity: int):
-    """`decode._generate` on a mesh: (tokens [B, max_new_tokens], counts [B]), replicated."""
+    """`decode._generate` on a mesh: (tokens [B, max_new_tokens], counts [B], keys read [B, max_new_tokens, L]),
+    replicated."""
     mesh.check(model.cfg)
     local, shard = shard_policy(policy, model.cfg, mesh)
     return _generate_sharded(model, params, policy_params, tokens, lengths, key, policy=local, shard=shard,
@@ -111,7 +112,7 @@ def decode_loop_on_mesh(model, params, policy_params, first, cache: KVCache, key
                         mesh: MeshConfig, max_new_tokens: int, sampling, stop_tokens: tuple[int, ...]):
     """`decode.decode_loop(..., return_cache=True)` over a filled cache placed on the mesh
     (`placement.place_cache`; its capacity a multiple of mesh.seq), the policy state initialised on
-    each device: (tokens [B, max_new_tokens], counts [B], the cache, still placed)."""
+    each device: (tokens [B, max_new_tokens], counts [B], keys read [B, max_new_tokens, L], the cache, still placed)."""
     from butler_jax.decode import decode_loop
 
     mesh.check(model.cfg)
@@ -124,5 +125,5 @@ def decode_loop_on_mesh(model, params, policy_params, first, cache: KVCache, key
                            policy_params=policy_params, shard=shard)
 
     spec = cache_partition(len(cache.k))
-    return on_mesh(run, mesh.build(), in_specs=(P(), P(), P(), spec, P()), out_specs=(P(), P(), spec))(
+    return on_mesh(run, mesh.build(), in_specs=(P(), P(), P(), spec, P()), out_specs=(P(), P(), P(), spec))(
         params, policy_params, first, cache, key)

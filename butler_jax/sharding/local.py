@@ -68,6 +68,13 @@ class Shard:
         """`cache.write_block` on a local cache layer: block [B, P, Hkv, hd] at positions 0..P-1."""
         return self.write_prefix(cache_layer, jnp.swapaxes(block, 1, 2), axis=2)
 
+    def pooled_keys(self, local: jnp.ndarray) -> jnp.ndarray:
+        """Keys read per selection head [B] of the whole decode from this device's count [B] (its
+        tokens, mean over its heads): summed over the sequence devices, averaged over head blocks
+        (equal head counts each)."""
+        total = local if self.n_seq == 1 else jax.lax.psum(local, self.seq_axis)
+        return total if self.n_heads == 1 else jax.lax.pmean(total, self.head_axis)
+
     # --- KV-head blocks ------------------------------------------------------------------------
     def head_block(self, x: jnp.ndarray, axis: int) -> jnp.ndarray:
         """This device's contiguous block of heads of x along `axis` (all heads when n_heads == 1)."""

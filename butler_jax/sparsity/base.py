@@ -7,7 +7,8 @@ TokenButler predictor's weights; `()` for the others), and the policy state / si
 Two halves, both implemented by every policy (dense included):
 
 - decode: `init_state` -> `observe_prefill` at each layer of the prompt -> `attend` at each layer
-  of every decode step (inside one `lax.while_loop`, see butler_jax/decode.py);
+  of every decode step (inside one `lax.while_loop`, see butler_jax/decode.py), which also
+  returns the keys the step's attention read (the decode loop records them per step and layer);
 - decode-simulated prefill: `init_simulation` -> `simulate_layer` at each layer of one parallel
   pass in which every query row attends only to what the policy would keep at that position
   (see simulate.py).
@@ -52,11 +53,14 @@ class Policy(Protocol):
                         lengths: jnp.ndarray, state: Any) -> Any:
         """Update the state with layer `layer`'s prompt q/k/v (x: [B, P, ...]; lengths [B])."""
 
-    def attend(self, params: PolicyParams, layer: int, x: LayerInputs, cache: KVCache, state: Any) -> tuple[jnp.ndarray, Any]:
-        """Attention output [B, 1, Hq, hd] for the step's query (x.q: [B, 1, Hq, hd]).
+    def attend(self, params: PolicyParams, layer: int, x: LayerInputs, cache: KVCache,
+               state: Any) -> tuple[jnp.ndarray, Any, jnp.ndarray]:
+        """(attention output [B, 1, Hq, hd], state, keys read f32 [B]) for the step's query (x.q: [B, 1, Hq, hd]).
 
         `cache` already holds this step's key/value at position cache.lengths[b] (rows attend to
-        tokens 0..cache.lengths[b] inclusive)."""
+        tokens 0..cache.lengths[b] inclusive). Keys read: how many cached tokens this layer's
+        attention really attended per selection head (mean over the heads; `stats.keys_read` of
+        the valid entries it attended, whole sequence in a sharded decode), not the nominal budget."""
 
     def init_simulation(self, params: PolicyParams, batch: int, length: int) -> Any:
         """Initial carry of a decode-simulated pass over [batch, length] tokens."""
@@ -91,10 +95,14 @@ def step_variants(policy: Policy, state: Any) -> tuple[jnp.ndarray | None, tuple
     return hook(state) if hook is not None else (None, (policy,))
 
 
-def dense_layer(layer: int, x: LayerInputs, cache: KVCache, implementation: str, shard: Any = None) -> jnp.ndarray:
-    """The decode step's dense attention at `layer`: every cached token 0..cache.lengths[b]
-    (inside a sharded decode, `shard` (`sharding.local.Shard`): this device's part, merged)."""
+def dense_layer(layer: int, x: LayerInputs, cache: KVCache, implementation: str,
+                shard: Any = None) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """The decode step's dense attention at `layer` over every cached token 0..cache.lengths[b]
+    (inside a sharded decode, `shard` (`sharding.local.Shard`): this device's part, merged):
+    (output [B, 1, Hq, hd], keys read per head f32 [B] = cache.lengths + 1, every visible token)."""
+    counts = cache.lengths + 1
     if shard is not None:
-        return sharded_attention.dense_attend(x.q, cache.k[layer], cache.v[layer], cache.lengths + 1, shard,
-                                              implementation)
-    return dense_attend(x.q, cache.k[layer], cache.v[layer], cache.lengths + 1, implementation)
+        out = sharded_attention.dense_attend(x.q, cache.k[layer], cache.v[layer], counts, shard, implementation)
+    else:
+        out = dense_attend(x.q, cache.k[layer], cache.v[layer], counts, implementation)
+    return out, counts.astype(jnp.float32)

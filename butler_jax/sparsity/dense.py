@@ -38,7 +38,8 @@ class DensePolicy:
         return state
 
     def attend(self, params, layer, x, cache, state):
-        return dense_layer(layer, x, cache, self.settings.implementation, self.shard), state
+        out, kept = dense_layer(layer, x, cache, self.settings.implementation, self.shard)
+        return out, state, kept
 
     def init_simulation(self, params, batch: int, length: int) -> Any:
         return ()

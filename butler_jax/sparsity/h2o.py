@@ -23,7 +23,7 @@ from butler_jax.attention import causal_mask
 from butler_jax.sparsity.base import dense_layer, register
 from butler_jax.sparsity.eviction import EvictionPolicy, EvictionState, alive_attention, evict, prompt_column_sums
 from butler_jax.sparsity.simulate import chunked_simulation, oracle_keep
-from butler_jax.sparsity.stats import LayerStats, layer_stats
+from butler_jax.sparsity.stats import LayerStats, keys_read, layer_stats
 
 
 @register("h2o")
@@ -68,10 +68,11 @@ class H2OPolicy(EvictionPolicy):
 
     def attend(self, params, layer, x, cache, state: EvictionState):
         if self.is_dense(layer):
-            return dense_layer(layer, x, cache, self.settings.implementation), state
+            out, kept = dense_layer(layer, x, cache, self.settings.implementation)
+            return out, state, kept
         out, alive, score, _ = self.step(x.q, cache.k[layer], cache.v[layer], state.alive[layer], state.score[layer],
                                          cache.lengths, "bhtd")
-        return out, EvictionState(state.alive.at[layer].set(alive), state.score.at[layer].set(score))
+        return out, EvictionState(state.alive.at[layer].set(alive), state.score.at[layer].set(score)), keys_read(alive)
 
     # --- decode-simulated prefill --------------------------------------------------------------
     def simulate_layer(self, params, layer, x, carry):

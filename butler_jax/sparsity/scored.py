@@ -22,7 +22,7 @@ from butler_jax.sharding import select as sharded_selection
 from butler_jax.sparsity.base import dense_layer
 from butler_jax.sparsity.select import decode_select, group_reduce, simulated_keep
 from butler_jax.sparsity.simulate import chunked_simulation
-from butler_jax.sparsity.stats import LayerStats
+from butler_jax.sparsity.stats import LayerStats, keys_read
 
 if TYPE_CHECKING:
     from butler_jax.sparsity import SparsityConfig
@@ -99,16 +99,20 @@ class ScoredPolicy:
         indices, valid = self.select_top(scores, cache.lengths, cache.capacity, self.n_recent)
         return indices, valid, state
 
-    def attend(self, params, layer: int, x: LayerInputs, cache: KVCache, state: Any) -> tuple[jnp.ndarray, Any]:
+    def attend(self, params, layer: int, x: LayerInputs, cache: KVCache,
+               state: Any) -> tuple[jnp.ndarray, Any, jnp.ndarray]:
+        """Dense below `dense_layers`, else attention over the selection; keys read = its valid
+        entries (summed over a sharded decode's devices)."""
         state = self.observe_decode(params, layer, x, cache, state)
         impl = self.settings.implementation
         if layer < self.settings.dense_layers:
-            return dense_layer(layer, x, cache, impl, self.shard), state
+            out, kept = dense_layer(layer, x, cache, impl, self.shard)
+            return out, state, kept
         indices, valid, state = self.select(params, layer, x, cache, state)
         if self.shard is not None:
-            return sharded_attention.sparse_attend(x.q, cache.k[layer], cache.v[layer], indices, valid, self.shard,
-                                                   impl), state
-        return sparse_attend(x.q, cache.k[layer], cache.v[layer], indices, valid, impl), state
+            out = sharded_attention.sparse_attend(x.q, cache.k[layer], cache.v[layer], indices, valid, self.shard, impl)
+            return out, state, self.shard.pooled_keys(keys_read(valid))
+        return sparse_attend(x.q, cache.k[layer], cache.v[layer], indices, valid, impl), state, keys_read(valid)
 
     def init_simulation(self, params, batch: int, length: int) -> Any:
         return ()

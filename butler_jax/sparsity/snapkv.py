@@ -26,6 +26,7 @@ from butler_jax.sparsity.base import dense_layer, register
 from butler_jax.sparsity.eviction import EvictionPolicy, EvictionState, alive_attention
 from butler_jax.sparsity.select import simulated_keep
 from butler_jax.sparsity.simulate import chunked_simulation
+from butler_jax.sparsity.stats import keys_read
 
 
 @register("snapkv")
@@ -92,10 +93,11 @@ class SnapKVPolicy(EvictionPolicy):
 
     def attend(self, params, layer, x, cache, state: EvictionState):
         if self.is_dense(layer):
-            return dense_layer(layer, x, cache, self.settings.implementation), state
+            out, kept = dense_layer(layer, x, cache, self.settings.implementation)
+            return out, state, kept
         alive = state.alive[layer] | (jnp.arange(cache.capacity) == cache.lengths[:, None, None])
         out, _, _ = alive_attention(x.q, cache.k[layer], cache.v[layer], alive, "bhtd")
-        return out, state._replace(alive=state.alive.at[layer].set(alive))
+        return out, state._replace(alive=state.alive.at[layer].set(alive)), keys_read(alive)
 
     # --- decode-simulated prefill --------------------------------------------------------------
     def simulate_layer(self, params, layer, x, carry):
