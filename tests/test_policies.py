@@ -96,22 +96,38 @@ def test_oracle_keeps_exact_topk_per_head(n_sink, n_window) -> None:
         for h in range(3):
             for i in range(t):
                 k_i = math.ceil((i + 1) * 0.5)
-                n_win = min(n_window, k_i)  # forced tokens inside the budget, the newest first
-                n_snk = min(n_sink, k_i - n_win)
-                forced = {j for j in range(i + 1) if j < n_snk or j > i - n_win}
+                forced = {j for j in range(i + 1) if j < n_sink or j > i - n_window}
+                forced = forced if len(forced) <= k_i else {i} & forced  # inside the budget, else the current token
                 rest = [j for j in np.argsort(-scores[b, h, i, : i + 1], kind="stable") if j not in forced]
                 expected = forced | set(rest[: max(k_i - len(forced), 0)])
                 assert set(np.flatnonzero(keep[b, h, i])) == expected and len(expected) == k_i
-    # the decode path picks the same set for the last row of every head
-    idx, valid = decode_select(jnp.asarray(scores[:, :, -1]), jnp.array([t - 1, t - 1]), budget, t, n_sink, n_window)
-    mask = np.asarray(indices_to_mask(idx, valid, t))
-    assert (mask == keep[:, :, -1]).all()
+    # the decode path picks the same set for a row too short for its forced tokens and the last row
+    for row in (9, t - 1):
+        idx, valid = decode_select(jnp.asarray(scores[:, :, row]), jnp.array([row, row]), budget, t, n_sink, n_window)
+        assert (np.asarray(indices_to_mask(idx, valid, t)) == keep[:, :, row]).all()
     # a fixed token budget (the selection-kernel path) keeps the same set as the simulation
     fixed = Budget(tokens=13)
     keep = np.asarray(simulated_keep(jnp.asarray(scores), jnp.asarray(q_pos), fixed, n_sink, n_window))
     for row in (5, t - 1):
         idx, valid = decode_select(jnp.asarray(scores[:, :, row]), jnp.array([row, row]), fixed, 13, n_sink, n_window)
         assert (np.asarray(indices_to_mask(idx, valid, t)) == keep[:, :, row]).all()
+
+
+def test_oracle_is_the_exact_top_k_where_the_forced_tokens_do_not_fit(tiny) -> None:
+    """At 50 % with 4 sinks + 16 recent tokens, rows 1..37 cannot hold all 20 forced tokens: they
+    keep the current token and the Oracle's own top-K of the rest (their logits equal the Oracle's
+    with only the current token forced), so the attention sink is not traded for the recent
+    window; from row 38 on all forced tokens count."""
+    model, params = tiny
+    tokens = jnp.asarray(np.random.default_rng(3).integers(0, 128, (1, 48)))
+
+    def oracle_logits(n_sink: int, n_window: int) -> np.ndarray:
+        section = SparsityConfig(method="oracle", budget="fixed_50pc", n_sink=n_sink, n_window=n_window)
+        return np.asarray(simulated_logits(model, params, tokens, *policy_for(section))[0][0])
+
+    forced, free = oracle_logits(4, 16), oracle_logits(0, 1)
+    assert np.abs(forced[:38] - free[:38]).max() <= 1e-5
+    assert np.abs(forced[38:] - free[38:]).max() > 1e-4
 
 
 @pytest.mark.parametrize("method", SCORED)

@@ -26,7 +26,7 @@ class SparsityConfig:
 
     budget: kept tokens per (selection head, query row), forced tokens included: a count (2048),
     a keep fraction (0.5) or `fixed_50pc` (50 % sparsity); n_sink / n_window: first / most recent
-    tokens always kept (inside the budget; the most recent ones win when the budget is smaller);
+    tokens always kept (inside the budget; a row whose budget cannot hold them all forces only the current token);
     granularity: one selection per KV head ("kv", shared by its GQA group) or per query head;
     dense_layers: the first layers attend densely; implementation: kernels "auto"/"pallas"/"xla";
     sim_chunk: query rows per chunk in decode-simulated prefill (memory O(chunk x length)).

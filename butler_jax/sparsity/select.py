@@ -1,9 +1,13 @@
 """Top-K token selection shared by the score-based policies, for decode steps and simulation.
 
 The kept set of a row = forced tokens (the first `n_sink` and the last `n_window` visible
-tokens, cut to fit the budget: the newest first) + the best-scored other visible tokens,
-exactly `budget.kept(visible)` in total, so every method keeps as many tokens at one budget. Ties go to the lower index in both paths, so a decode step and the
-decode-simulated prefill select identical tokens for identical scores.
+tokens) + the best-scored other visible tokens, exactly `budget.kept(visible)` in total, so every
+method keeps as many tokens at one budget. A row whose budget cannot hold all its forced tokens
+(the first rows at a fractional budget) forces only the current token (with n_window >= 1): its
+ranking picks the rest, so the Oracle stays the top-K there (cutting the forced set to the budget
+instead filled it with the recent window, dropping the attention sink and overriding the
+ranking). Ties go to the lower index in both paths, so a decode step and the decode-simulated
+prefill select identical tokens for identical scores.
 """
 
 from __future__ import annotations
@@ -43,20 +47,27 @@ def attention_mass(logits: jnp.ndarray, visible: jnp.ndarray, num_kv_heads: int,
     return group_sum(softmax_probs(logits, visible), num_kv_heads, granularity)
 
 
+def forced_counts(visible: jnp.ndarray, kept: jnp.ndarray, n_sink: int, n_window: int
+                  ) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(sinks, recent) forced in rows that see `visible` tokens and keep `kept` (broadcastable):
+    (n_sink, n_window) cut to the visible tokens when all of them fit in the budget, else only the
+    current token (0, min(n_window, 1)): Quest's own page and grouped TokenButler rely on it."""
+    fits = jnp.minimum(visible, n_sink + n_window) <= kept
+    n_win = jnp.where(fits, jnp.minimum(n_window, kept), min(n_window, 1))
+    return jnp.where(fits, jnp.clip(kept - n_win, 0, n_sink), 0), n_win
+
+
 def forced_keys(key_pos: jnp.ndarray, query_pos: jnp.ndarray, n_sink: int, n_window: int,
                 kept: jnp.ndarray | None = None) -> jnp.ndarray:
     """Forced (always kept) keys: key_pos < n_sink or key_pos > query_pos - n_window, causal only.
 
-    With `kept` (the row's budget, broadcastable to query_pos) the forced tokens fit inside it:
-    the newest min(n_window, kept) window tokens first, then min(n_sink, what is left) sinks.
-    key_pos: [T], query_pos: [...] -> bool [..., T].
+    With `kept` (the row's budget, broadcastable to query_pos) only rows whose budget holds all
+    their forced tokens force them, the others only the current token (`forced_counts`). key_pos: [T], query_pos: [...] -> bool [..., T].
     """
     q = query_pos[..., None]
-    n_win, n_snk = jnp.asarray(n_window), jnp.asarray(n_sink)
+    n_snk, n_win = jnp.asarray(n_sink), jnp.asarray(n_window)
     if kept is not None:
-        kept = jnp.asarray(kept)[..., None]
-        n_win = jnp.minimum(n_win, kept)
-        n_snk = jnp.clip(kept - n_win, 0, n_snk)
+        n_snk, n_win = (n[..., None] for n in forced_counts(query_pos + 1, jnp.asarray(kept), n_sink, n_window))
     return (key_pos <= q) & ((key_pos < n_snk) | (key_pos > q - n_win))
 
 

@@ -53,7 +53,7 @@ from butler_jax.models.predictor_longctx import LongctxPredictor, longctx_scores
 from butler_jax.sparsity.base import register
 from butler_jax.sparsity.neighbors import expand_neighbor_mask, expand_neighbors
 from butler_jax.sparsity.scored import ScoredPolicy
-from butler_jax.sparsity.select import forced_keys, selects_ascending
+from butler_jax.sparsity.select import forced_counts, forced_keys, selects_ascending
 
 
 class TokenButlerState(NamedTuple):
@@ -175,18 +175,16 @@ class TokenButlerBase(ScoredPolicy):
     def _expand(self, idx, ok, query_pos, capacity: int):
         """Neighbour fetch on a decode selection: expand the scored tokens in [n_sink, E), keep the forced ones.
 
-        E = query_pos + 1 - n_window (the first always-kept recent token; n_window and the sinks cut
-        to the budget as `forced_keys` does). The result is distinct
+        E = query_pos + 1 - n_window (the first always-kept recent token; the forced counts of
+        `forced_counts`, none where the budget cannot hold them). The result is distinct
         and holds at most 2 x the selected tokens, so min(2 k_max, capacity) slots suffice: slots
         [0, k) keep the selection as given (forced tokens included), [k, 2k) its new neighbours and
         fill (`expand_neighbors` puts them there whatever the order of its first k slots).
         """
         s, k = self.settings, idx.shape[-1]
-        kept = s.token_budget.kept(query_pos + 1)
-        n_win = jnp.minimum(s.n_window, kept)
-        n_snk = jnp.clip(kept - n_win, 0, s.n_sink)[:, None, None]  # the forced tokens of `forced_keys`
+        n_snk, n_win = forced_counts(query_pos + 1, s.token_budget.kept(query_pos + 1), s.n_sink, s.n_window)
         end = (query_pos + 1 - n_win)[:, None]  # [B, 1]
-        forced = ok & ((idx < n_snk) | (idx >= end[..., None]))
+        forced = ok & ((idx < n_snk[:, None, None]) | (idx >= end[..., None]))
         ascending = selects_ascending(s.token_budget, k, s.n_sink, s.n_window)
         wide, wide_ok = expand_neighbors(idx, ok & ~forced, end, 2 * k, n_tokens=capacity, ascending=ascending)
         merged = jnp.concatenate([idx, wide[..., k:]], -1)
@@ -231,7 +229,8 @@ class TokenButlerBase(ScoredPolicy):
         s = self.settings
         kept = s.token_budget.kept(q_pos + 1)
         forced = forced_keys(jnp.arange(n_keys), q_pos, s.n_sink, s.n_window, kept)[:, None]
-        return keep | expand_neighbor_mask(keep & ~forced, (q_pos + 1 - jnp.minimum(s.n_window, kept))[:, None])
+        n_win = forced_counts(q_pos + 1, kept, s.n_sink, s.n_window)[1]
+        return keep | expand_neighbor_mask(keep & ~forced, (q_pos + 1 - n_win)[:, None])
 
 
 class TokenButlerPolicy(TokenButlerBase):
