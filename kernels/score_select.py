@@ -6,10 +6,11 @@ scores (L2-resident at decode sizes). On a GPU (`implementation` "pallas" / "aut
 Pallas kernel (`_score_pallas`: one program per (row, 4096-token block), products and the sum
 over d' in f32), elsewhere the XLA einsum (`importance_scores`).
 
-The `score_and_select` anomaly (H200, B=1, S=32, T=131072: 301-381 us where scoring ~30-50 us +
-selection ~106 us were expected; H100 330 us): the bench (`python -m bench.select_topk`) times
-the einsum, a multiply-sum form, the Pallas scorer, the selection alone and each composition in
-one run; bench/results/select_h200.md records what it showed.
+The `score_and_select` "anomaly" (H200, B=1, 8 / 32 heads, T=131072: 165 / 307 us where scoring 18 / 54
+us + selection 72 / 94 us were expected) was the benchmark's: its timing carry zeroed query head 0 (the
+selection's first index, the sink 0, is even), so that row's scores were all equal, the sampled
+bracket refused it and every timed call also ran the radix fallback (tests/test_bench_select.py).
+`bench.select_topk.next_input` now changes one element; not yet re-measured on the GPU.
 """
 
 from __future__ import annotations
