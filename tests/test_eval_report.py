@@ -83,6 +83,29 @@ def test_location_inaccuracy_is_shown_in_percent_once() -> None:
     assert cell({**row, "metric": "coref_exact", "value": 0.5, "ci_low": 0.25, "ci_high": 0.75}) == "50.0 [25.0, 75.0] (n=2)"
 
 
+def test_scores_plot_draws_location_inaccuracy_in_percent_once(tmp_path, monkeypatch) -> None:
+    """The bar of a location_inaccuracy row is its value (already %), a coref_exact row 100 x its fraction
+    (the plot drew 7857 % and clipped it at the top)."""
+    import matplotlib.axes
+
+    from butler_jax.eval.report import plot
+
+    heights = {}
+    real_bar = matplotlib.axes.Axes.bar
+
+    def bar(self, x, height, *args, label=None, **kwargs):
+        heights[round(float(x), 3)] = float(height)
+        return real_bar(self, x, height, *args, label=label, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar", bar)
+    rows = [{"method": "quest", "budget": "fixed_50pc", "task": "coref", "metric": "coref_exact", "value": 0.5,
+             "ci_low": 0.0, "ci_high": 1.0, "n": 2},
+            {"method": "quest", "budget": "fixed_50pc", "task": "coref:location_inaccuracy",
+             "metric": "location_inaccuracy", "value": 7.14, "ci_low": 0.0, "ci_high": 14.3, "n": 2}]
+    assert [p.name for p in plot(rows, tmp_path)] == ["scores_by_task.png"]
+    assert sorted(heights.values()) == [7.14, 50.0]
+
+
 def test_kept_tokens_come_from_the_measured_statistics() -> None:
     """Co-reference records carry measured `kept_tokens` and no `count`: the summary shows them (it read
     "not measured"); perplexity without `kept_tokens` falls back to the sparsity formula; a record with

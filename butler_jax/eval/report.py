@@ -136,12 +136,17 @@ def _ruler_means(groups: dict[tuple, list[dict]]) -> list[dict[str, Any]]:
     return rows
 
 
+def percent(value: float, metric: str) -> float:
+    """A score row's value in %: location_inaccuracy is stored in %, every other score as a fraction."""
+    return value if metric == "location_inaccuracy" else 100 * value
+
+
 def _fmt(value: float | None, metric: str) -> str:
     if value is None:
         return ""
     if metric == "perplexity":
         return f"{value:.3f}"
-    return f"{value:.1f}" if metric == "location_inaccuracy" else f"{100 * value:.1f}"  # location: already in %
+    return f"{percent(value, metric):.1f}"
 
 
 def ruler_tasks_run(row: dict[str, Any]) -> int:
@@ -244,8 +249,9 @@ def plot(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
                 if r is None:  # not run: an empty hatched slot, never a zero bar
                     ax.bar(x, 100, width, fill=False, hatch="//", edgecolor="#bbbbbb", linewidth=0)
                     continue
-                v, label = 100 * r["value"], f"{method} {budget}"
-                ax.bar(x, v, width, color=color(method), yerr=[[v - 100 * r["ci_low"]], [100 * r["ci_high"] - v]],
+                m, label = r["metric"], f"{method} {budget}"
+                v, low, high = (percent(r[key], m) for key in ("value", "ci_low", "ci_high"))
+                ax.bar(x, v, width, color=color(method), yerr=[[v - low], [high - v]],
                        capsize=2, label=None if label in labelled else label)
                 labelled.add(label)
         handles, labels = ax.get_legend_handles_labels()
