@@ -259,8 +259,8 @@ def plot(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         ticks = [re.sub(r" of (\d+) tasks", r"/\1", t.removeprefix("ruler:")) for t in tasks]
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(tasks))], ticks, rotation=30, ha="right")
         ax.set_ylim(0, 105)
-        ax.set_ylabel("% correct (location_inaccuracy: % wrong), 95 % CI")
-        ax.set_title("Accuracy by task and method")
+        ax.set_ylabel("score (%), 95 % CI")
+        ax.set_title("% correct by task and method (location_inaccuracy: % wrong)")
         ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
         path = out_dir / "scores_by_task.png"
