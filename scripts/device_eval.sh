@@ -3,7 +3,8 @@
 # samples with the same settings are reused, so the same command continues where the last call
 # stopped. Run from the repository root there, with .whl/ and the GGUF parts carried (see
 # scripts/device_stage.sh) and, on a fresh machine, the earlier call's outputs/ folder carried back.
-# Usage: bash scripts/device_eval.sh SECONDS [evaluate.py arguments ...]
+# Usage: COMMIT=<hash> bash scripts/device_eval.sh SECONDS [evaluate.py arguments ...]
+#   COMMIT names the tree in results_*.json (the copy there has stale git metadata).
 #   SECONDS = 0 only stages the files. After SECONDS the run is interrupted (every finished batch of
 #   samples is already on disk); outputs/ comes back in $OUT as outputs.tar.part* (15 MiB each).
 set -euo pipefail

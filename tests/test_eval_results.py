@@ -129,3 +129,14 @@ def test_ruler_prompts_are_padded_per_length_not_to_the_longest_of_all(tiny, mon
               for name, _, evaluate, _, batch, _ in tasks}
     assert shapes == {"ruler:niah_single_1@4096": (4096, 128, 4), "ruler:vt@4096": (4096, 128, 4),
                       "ruler:vt@8192": (8192, 30, 4)}
+
+
+def test_provenance_takes_the_commit_from_the_environment(monkeypatch):
+    """A tree copied to another machine (stale or no .git) names its commit through COMMIT."""
+    monkeypatch.delenv("COMMIT", raising=False)
+    from_git = provenance()
+    assert from_git["git_commit_from"] == "git"
+    monkeypatch.setenv("COMMIT", "abc1234")
+    given = provenance()
+    assert given["git_commit"] == "abc1234" and given["git_dirty"] is None
+    assert given["git_commit_from"] == "COMMIT environment variable"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import os
 import platform
 import subprocess
 from datetime import datetime, timezone
@@ -32,14 +33,20 @@ def package_versions() -> dict[str, str | None]:
 
 
 def provenance() -> dict[str, Any]:
-    """Commit, dirty flag, versions, device and UTC time of this process."""
+    """Commit, dirty flag, versions, device and UTC time of this process.
+
+    COMMIT in the environment names the tree's commit where .git is absent or does not describe the
+    tree (a copy sent to another machine, as the benchmarks take it); the dirty flag is then unknown
+    (None) and `git_commit_from` says so."""
     import jax
 
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    given = os.environ.get("COMMIT")
+    status = None if given else _git("status", "--porcelain", "--untracked-files=no")
     devices = jax.devices()
     return {
         "time_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "git_commit": _git("rev-parse", "HEAD"), "git_dirty": None if status is None else bool(status),
+        "git_commit": given or _git("rev-parse", "HEAD"), "git_dirty": None if status is None else bool(status),
+        "git_commit_from": "COMMIT environment variable" if given else "git",
         "packages": package_versions(), "python": platform.python_version(),
         "device": {"platform": devices[0].platform, "kind": devices[0].device_kind, "count": len(devices)},
     }
