@@ -40,10 +40,16 @@ from __future__ import annotations
 from typing import Any, NamedTuple, Protocol, Sequence
 
 import numpy as np
-import triton
-import triton.language as tl
 
 from butler_jax.kernels.select_keys import FORCED_KEY, INVALID_KEY, _MAX_SCORE_KEY, _MIN_SCORE_KEY
+
+_INSTALL = ("topk_select(method='histogram') needs triton>=3.6 and jax_triton==0.3.1: "
+            "pip install 'triton>=3.6' 'jax_triton==0.3.1' (butler-jax's `gpu` extra)")
+try:
+    import triton
+    import triton.language as tl
+except ImportError as e:
+    raise ImportError(_INSTALL) from e
 
 _FORCED: tl.constexpr = tl.constexpr(int(FORCED_KEY))
 _INVALID: tl.constexpr = tl.constexpr(int(INVALID_KEY))
@@ -244,10 +250,7 @@ class _JaxLauncher:
         try:
             import jax_triton
         except ImportError as e:
-            raise ImportError(
-                "topk_select(method='histogram') needs jax_triton (and triton): "
-                "pip install 'jax_triton==0.3.1' 'triton>=3.6' (or the package's `gpu` extra)"
-            ) from e
+            raise ImportError(_INSTALL) from e
         self._call = jax_triton.triton_call
 
     def zeros(self, shape: tuple[int, ...]):
