@@ -129,8 +129,7 @@ def _walk(h_ptr, K: tl.constexpr, N: tl.constexpr, BITS: tl.constexpr, LOW: tl.c
         ge = tl.cumsum(h, axis=0, reverse=True)  # keys with digit >= d (matching the prefix)
         digit = tl.sum((ge >= need).to(tl.int32), axis=0) - 1  # ge falls with d; ge[0] >= need
         need = need - tl.sum(tl.where(bins > digit, h, 0), axis=0)
-        shift: tl.constexpr = LOW if q == N_PASS - 1 else 32 - BITS * (q + 1)
-        prefix = prefix | (digit.to(tl.uint32) << shift)
+        prefix = prefix | (digit.to(tl.uint32) << (LOW if q == N_PASS - 1 else 32 - BITS * (q + 1)))
     return prefix, need
 
 
@@ -249,8 +248,8 @@ class _JaxLauncher:
     def __init__(self) -> None:
         try:
             import jax_triton
-        except ImportError as e:
-            raise ImportError(_INSTALL) from e
+        except ImportError as e:  # missing, or a JAX without GPU support
+            raise ImportError(f"{_INSTALL}; importing jax_triton failed: {e}") from e
         self._call = jax_triton.triton_call
 
     def zeros(self, shape: tuple[int, ...]):
