@@ -30,8 +30,9 @@ tl.histogram grows with the bins (a warp-ballot algorithm: ~bins / 32 popcounts 
 thread), hence 8-bit digits by default.
 
 One launch sequence (`select`) drives the kernels through a launcher: `_JaxLauncher`
-(jax_triton.triton_call, CUDA GPU) or `TorchLauncher` (Triton's interpreter on CPU torch
-tensors, for the tests; TRITON_INTERPRET=1 before triton is imported). triton / jax_triton / torch are imported by
+(jax_triton.triton_call, CUDA GPU), `TorchLauncher` (Triton's interpreter on CPU torch tensors,
+for the tests; TRITON_INTERPRET=1 before triton is imported) or `CompileLauncher` (compiles
+them for a CUDA arch on any machine: `compile_for_cuda`). triton / jax_triton / torch are imported by
 whoever uses them: importing butler_jax.kernels.topk_select does not import this module.
 """
 
@@ -39,6 +40,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple, Protocol, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from butler_jax.kernels.select_keys import FORCED_KEY, INVALID_KEY, _MAX_SCORE_KEY, _MIN_SCORE_KEY
@@ -253,11 +256,9 @@ class _JaxLauncher:
         self._call = jax_triton.triton_call
 
     def zeros(self, shape: tuple[int, ...]):
-        import jax.numpy as jnp
         return jnp.zeros(shape, jnp.int32)
 
     def __call__(self, kernel, grid, args, outs, aliases, num_warps, **meta):
-        import jax
         return self._call(*args, kernel=kernel, grid=grid, num_warps=num_warps, num_stages=1,
                           out_shape=[jax.ShapeDtypeStruct(s, d) for s, d in outs],
                           input_output_aliases=aliases, **meta)
@@ -265,12 +266,48 @@ class _JaxLauncher:
 
 def histogram_select(scores, lengths, k: int, *, n_sink: int, n_recent: int, **overrides):
     """JAX entry point (call inside jit; shapes are static): scores [R, T] f32 / bf16, lengths
-    [R] int32 -> (indices [R, K] int32, valid [R, K] bool). overrides: `plan`'s chunk / bits."""
-    import jax.numpy as jnp
+    [R] int32 -> (indices [R, K] int32, valid [R, K] bool). overrides: `plan`'s chunk / bits / warps."""
     bf16 = scores.dtype == jnp.bfloat16
     p = plan(scores.shape[1], k, bf16, **overrides)
     return select(_JaxLauncher(), scores, lengths, k, n_sink=n_sink, n_recent=n_recent, bf16=bf16,
                   p=p)
+
+
+class CompileLauncher:
+    """Compiles each kernel of the launch sequence for a CUDA arch without running it (no GPU
+    needed: Triton's bundled ptxas); arrays are jax.ShapeDtypeStruct. `compiled`: the kernels."""
+
+    def __init__(self, arch: int = 90) -> None:
+        from triton.backends.compiler import GPUTarget
+        self.target = GPUTarget("cuda", arch, 32)
+        self.compiled: list = []
+
+    def zeros(self, shape: tuple[int, ...]):
+        return jax.ShapeDtypeStruct(shape, np.int32)
+
+    def __call__(self, kernel, grid, args, outs, aliases, num_warps, **meta):
+        from triton.compiler import ASTSource
+        outs = [jax.ShapeDtypeStruct(s, d) for s, d in outs]
+        sig = {name: "*" + _POINTER[np.dtype(a.dtype).name]
+               for name, a in zip(kernel.arg_names, [*args, *outs])}
+        src = ASTSource(kernel, {**sig, **{name: "constexpr" for name in meta}}, meta)
+        self.compiled.append(triton.compile(src, target=self.target,
+                                            options={"num_warps": num_warps}))
+        return outs
+
+
+_POINTER = {"float32": "fp32", "bfloat16": "bf16", "int32": "i32", "bool": "i1"}
+
+
+def compile_for_cuda(rows: int, t: int, k: int, dtype, *, arch: int = 90, n_sink: int = 0,
+                     n_recent: int = 0, **overrides) -> list:
+    """Compile the kernels of one call for sm_`arch` on any machine -> Triton CompiledKernels
+    (cubin, metadata: shared memory, ...). overrides: `plan`'s."""
+    bf16 = jnp.dtype(dtype) == jnp.bfloat16
+    launch = CompileLauncher(arch)
+    select(launch, jax.ShapeDtypeStruct((rows, t), dtype), jax.ShapeDtypeStruct((rows,), np.int32),
+           k, n_sink=n_sink, n_recent=n_recent, bf16=bf16, p=plan(t, k, bf16, **overrides))
+    return launch.compiled
 
 
 # ----------------------------------------------------------------------------- interpreter

@@ -9,8 +9,11 @@ and the per-chunk output offsets are exercised. On a GPU the compiled jax_triton
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -85,6 +88,36 @@ def test_histogram_select_interpreted(case, dtype, bits) -> None:
     got = tt.select(tt.TorchLauncher(), _to_torch(scores), _to_torch(lengths), k, n_sink=n_sink,
                     n_recent=n_recent, bf16=bf16, p=p)
     _check([g.numpy() for g in got], scores, k, lengths, n_sink, n_recent)
+
+
+_COMPILE = """
+import json, jax.numpy as jnp
+from butler_jax.kernels.topk_select_triton import compile_for_cuda
+out = {}
+for name, dt, rows, t, k, kw in [("f32", jnp.float32, 8, 131072, 8192, {}),
+                                 ("f32_bits11", jnp.float32, 8, 131072, 8192, {"bits": 11}),
+                                 ("bf16", jnp.bfloat16, 8, 131072, 8192, {}),
+                                 ("small", jnp.float32, 3, 3000, 300, {"chunk": 512})]:
+    ks = compile_for_cuda(rows, t, k, dt, n_sink=4, n_recent=64, **kw)
+    out[name] = [[c.name, len(c.asm["cubin"])] for c in ks]
+print(json.dumps(out))
+"""
+
+
+def test_kernels_compile_for_sm90() -> None:
+    """The same kernels through Triton's compiler (which refuses some code the interpreter runs),
+    to an sm_90 cubin with the bundled ptxas: no GPU needed. A fresh process: this one may run
+    Triton's interpreter."""
+    env = {n: v for n, v in os.environ.items() if n != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", _COMPILE], cwd=Path(__file__).resolve().parents[1],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    passes = {"f32": 4, "f32_bits11": 3, "bf16": 2, "small": 4}
+    for name, n_pass in passes.items():
+        names = [n for n, _ in out[name]]
+        assert names == ["_hist_kernel"] * n_pass + ["_emit_kernel"], (name, names)
+        assert all(size > 0 for _, size in out[name]), out[name]
 
 
 def test_plan_passes_and_errors() -> None:
