@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from butler_jax.kernels._common import cdiv, next_power_of_2
 from butler_jax.kernels.select_keys import FORCED_KEY, INVALID_KEY, _MAX_SCORE_KEY, _MIN_SCORE_KEY
 
 _INSTALL = ("topk_select(method='histogram') needs triton>=3.6 and jax_triton==0.3.1: "
@@ -76,18 +77,18 @@ class Plan(NamedTuple):
 
 def plan(t: int, k: int, bf16: bool, *, chunk: int = _CHUNK, bits: int = _BITS,
          warps: int = _WARPS) -> Plan:
-    """Sizes for rows of T tokens, K selected; chunk and bits may be overridden (chunk a power of
-    2, 1 <= bits <= 16)."""
+    """Sizes for rows of T tokens, K selected; chunk, bits and warps may be overridden (chunk a
+    power of 2, 1 <= bits <= 16; on a GPU bits <= 12: tl.histogram keeps 2**bits / 32 counts per
+    thread and 2**bits in shared memory)."""
     if chunk < 1 or chunk & (chunk - 1):
         raise ValueError(f"chunk must be a power of 2, got {chunk}")
     if not 1 <= bits <= 16:
         raise ValueError(f"bits must be in [1, 16] (tl.histogram bins = 2**bits), got {bits}")
-    chunk = min(chunk, 1 << max(0, (t - 1).bit_length()))
-    n_chunk = -(-t // chunk)
+    chunk = min(chunk, next_power_of_2(t))
+    n_chunk = cdiv(t, chunk)
     low = 16 if bf16 else 0
-    slots = 1 << max(0, (-(-k // n_chunk) - 1).bit_length())
-    return Plan(chunk=chunk, n_chunk=n_chunk, bits=bits, low=low, n_pass=-(-(32 - low) // bits),
-                slots=slots, warps=warps)
+    return Plan(chunk=chunk, n_chunk=n_chunk, bits=bits, low=low, n_pass=cdiv(32 - low, bits),
+                slots=next_power_of_2(cdiv(k, n_chunk)), warps=warps)
 
 
 # ----------------------------------------------------------------------------- Triton kernels
@@ -240,7 +241,7 @@ def select(launch: Launcher, scores, lengths, k: int, *, n_sink: int, n_recent: 
                            {2: 0}, p.warps, PASS=i, **meta)
     idx, valid = launch(_emit_kernel, grid, [scores, lengths, hist, loc],
                         [((r, k), np.int32), ((r, k), np.bool_)], {}, p.warps,
-                        N_CHUNK_P2=1 << max(0, (p.n_chunk - 1).bit_length()), SLOTS=p.slots,
+                        N_CHUNK_P2=next_power_of_2(p.n_chunk), SLOTS=p.slots,
                         **meta)
     return idx, valid
 
