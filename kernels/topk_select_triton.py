@@ -73,6 +73,7 @@ class Plan(NamedTuple):
     n_pass: int  # histogram passes
     slots: int  # output slots each emit program fills past the row's count (a power of 2)
     warps: int  # num_warps of every kernel
+    bf16: bool  # bf16 scores (else f32)
 
 
 def plan(t: int, k: int, bf16: bool, *, chunk: int = _CHUNK, bits: int = _BITS,
@@ -88,7 +89,7 @@ def plan(t: int, k: int, bf16: bool, *, chunk: int = _CHUNK, bits: int = _BITS,
     n_chunk = cdiv(t, chunk)
     low = 16 if bf16 else 0
     return Plan(chunk=chunk, n_chunk=n_chunk, bits=bits, low=low, n_pass=cdiv(32 - low, bits),
-                slots=next_power_of_2(cdiv(k, n_chunk)), warps=warps)
+                slots=next_power_of_2(cdiv(k, n_chunk)), warps=warps, bf16=bf16)
 
 
 # ----------------------------------------------------------------------------- Triton kernels
@@ -221,27 +222,27 @@ class Launcher(Protocol):
         aliases: {argument index: output index} (that output is the argument's buffer)."""
 
 
-def select(launch: Launcher, scores, lengths, k: int, *, n_sink: int, n_recent: int, bf16: bool,
-           p: Plan) -> tuple[Any, Any]:
+def select(launch: Launcher, scores, lengths, k: int, *, n_sink: int, n_recent: int,
+           sizes: Plan) -> tuple[Any, Any]:
     """The launch sequence: n_pass histogram passes and the emit.
 
     scores [R, T] f32 / bf16, lengths [R] int32 (jax or torch, as `launch` takes them).
     -> (indices [R, K] int32, valid [R, K] bool)."""
     r, t = scores.shape
-    grid = (r, p.n_chunk)
-    meta = dict(T=t, K=k, N_SINK=n_sink, N_RECENT=n_recent, CHUNK=p.chunk, BF16=bf16,
-                BITS=p.bits, LOW=p.low, N_PASS=p.n_pass)
-    nb = 1 << p.bits
-    hist = launch.zeros((r, p.n_pass * nb))
-    for i in range(p.n_pass):
-        last = i == p.n_pass - 1
-        loc_shape = (r, p.n_chunk * (nb + 1)) if last else (1,)
+    grid = (r, sizes.n_chunk)
+    meta = dict(T=t, K=k, N_SINK=n_sink, N_RECENT=n_recent, CHUNK=sizes.chunk, BF16=sizes.bf16,
+                BITS=sizes.bits, LOW=sizes.low, N_PASS=sizes.n_pass)
+    nb = 1 << sizes.bits
+    hist = launch.zeros((r, sizes.n_pass * nb))
+    for i in range(sizes.n_pass):
+        last = i == sizes.n_pass - 1
+        loc_shape = (r, sizes.n_chunk * (nb + 1)) if last else (1,)
         hist, loc = launch(_hist_kernel, grid, [scores, lengths, hist],
-                           [((r, p.n_pass * nb), np.int32), (loc_shape, np.int32)],
-                           {2: 0}, p.warps, PASS=i, **meta)
+                           [((r, sizes.n_pass * nb), np.int32), (loc_shape, np.int32)],
+                           {2: 0}, sizes.warps, PASS=i, **meta)
     idx, valid = launch(_emit_kernel, grid, [scores, lengths, hist, loc],
-                        [((r, k), np.int32), ((r, k), np.bool_)], {}, p.warps,
-                        N_CHUNK_P2=next_power_of_2(p.n_chunk), SLOTS=p.slots,
+                        [((r, k), np.int32), ((r, k), np.bool_)], {}, sizes.warps,
+                        N_CHUNK_P2=next_power_of_2(sizes.n_chunk), SLOTS=sizes.slots,
                         **meta)
     return idx, valid
 
@@ -268,10 +269,8 @@ class _JaxLauncher:
 def histogram_select(scores, lengths, k: int, *, n_sink: int, n_recent: int, **overrides):
     """JAX entry point (call inside jit; shapes are static): scores [R, T] f32 / bf16, lengths
     [R] int32 -> (indices [R, K] int32, valid [R, K] bool). overrides: `plan`'s chunk / bits / warps."""
-    bf16 = scores.dtype == jnp.bfloat16
-    p = plan(scores.shape[1], k, bf16, **overrides)
-    return select(_JaxLauncher(), scores, lengths, k, n_sink=n_sink, n_recent=n_recent, bf16=bf16,
-                  p=p)
+    sizes = plan(scores.shape[1], k, scores.dtype == jnp.bfloat16, **overrides)
+    return select(_JaxLauncher(), scores, lengths, k, n_sink=n_sink, n_recent=n_recent, sizes=sizes)
 
 
 class CompileLauncher:
@@ -307,7 +306,7 @@ def compile_for_cuda(rows: int, t: int, k: int, dtype, *, arch: int = 90, n_sink
     bf16 = jnp.dtype(dtype) == jnp.bfloat16
     launch = CompileLauncher(arch)
     select(launch, jax.ShapeDtypeStruct((rows, t), dtype), jax.ShapeDtypeStruct((rows,), np.int32),
-           k, n_sink=n_sink, n_recent=n_recent, bf16=bf16, p=plan(t, k, bf16, **overrides))
+           k, n_sink=n_sink, n_recent=n_recent, sizes=plan(t, k, bf16, **overrides))
     return launch.compiled
 
 

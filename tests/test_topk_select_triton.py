@@ -82,11 +82,10 @@ def test_histogram_select_interpreted(case, dtype, bits) -> None:
     rng = np.random.default_rng(abs(hash((case, str(dtype), bits))) % 2**32)
     scores = jnp.asarray(_scores(rng, rows, t, kind), dtype)
     lengths = jnp.asarray(_lengths(rng, rows, t, k))
-    bf16 = dtype == jnp.bfloat16
-    p = tt.plan(t, k, bf16, chunk=chunk, bits=bits)
+    p = tt.plan(t, k, dtype == jnp.bfloat16, chunk=chunk, bits=bits)
     assert p.n_chunk >= 3
     got = tt.select(tt.TorchLauncher(), _to_torch(scores), _to_torch(lengths), k, n_sink=n_sink,
-                    n_recent=n_recent, bf16=bf16, p=p)
+                    n_recent=n_recent, sizes=p)
     _check([g.numpy() for g in got], scores, k, lengths, n_sink, n_recent)
 
 
