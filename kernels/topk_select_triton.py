@@ -162,7 +162,11 @@ def _hist_kernel(s_ptr, len_ptr, h_ptr, h_out_ptr, loc_ptr, T: tl.constexpr, K: 
         h = tl.histogram(digit, nb)
     else:
         prefix, _ = _walk(h_ptr + row * (N_PASS * nb), K, PASS, BITS, LOW, N_PASS)
-        h = tl.histogram(digit, nb, mask=(u >> high) == (prefix >> high))
+        match = (u >> high) == (prefix >> high)
+        if tl.sum(match.to(tl.int32), axis=0) > 0:  # late passes: most chunks match no key
+            h = tl.histogram(digit, nb, mask=match)
+        else:
+            h = tl.zeros((nb,), tl.int32)
     bins = tl.arange(0, nb)
     tl.atomic_add(h_out_ptr + row * (N_PASS * nb) + PASS * nb + bins, h, mask=h != 0)
     if last:
