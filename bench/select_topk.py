@@ -8,7 +8,7 @@ end and divided by ITERS ("loop"); the same loop unrolled ("unrolled": no while-
 machinery between calls, which costs ~12 us an iteration on the H200, see `bench_loop`). The
 2-16 MB of scores stay in L2 across calls, as they do in decode after scoring. "device": the
 sum of the GPU kernels' durations per call from a profiler trace (`_kernel_us`; no launch
-gaps). `--stages` skips the bandwidths, references and score_and_select: the loop's cost and
+gaps; "histogram"'s passes share one kernel name, _hist_kernel, summed). `--stages` skips the bandwidths, references and score_and_select: the loop's cost and
 every method's per-kernel device time on f32 and bf16 (the earlier kernels' bf16 rows too).
 Run from the repo root: `python -m bench.select_topk [--stages]` (writes select.md / .json or
 select_stages.json under $OUT or .). COMMIT in the environment names the tree's commit where

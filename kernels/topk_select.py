@@ -1,6 +1,6 @@
 """Exact per-row top-K token selection with sinks and a recent window: the sampled bracket select
 (radix fallback) and the 16-way radix select ("auto", the default, takes the faster by dtype and
-row count), and their lax.top_k reference.
+row count), the Triton radix-histogram select, and their lax.top_k reference.
 
 Every score maps to an order-preserving int32 key (f32 bits, negatives flipped); forced tokens
 (sinks [0, n_sink) and the window [length - n_recent, length)) get FORCED_KEY, above every score
@@ -50,6 +50,12 @@ passes 36.1 in all, the XLA glue between them ~35); 32 rows 94.4 / 166.5; lax.to
 H100, 32 x 131072, K=8192 (bench/results/select_h100.md): sampled 106 us f32 / 90 us bf16,
 radix 170 / 107 us, lax.top_k 994 / 614 us; 8 rows: radix 87 / 53 us.
 
+Radix-histogram select (method="histogram", topk_select_triton.py): raw Triton kernels through
+jax_triton (CUDA GPU only), which can histogram in shared memory (tl.histogram) where Pallas'
+Triton lowering cannot: grid (R, token chunks) radix-histogram passes over 8-bit digits with
+global atomics (f32 4 passes, bf16 2), each recomputing the digits so far from the global
+histograms, and one emit pass; no XLA glue between them.
+
 Output order: ascending token index within each row; slots past the row's selected count have
 valid=False and index 0. NaN scores rank above +inf.
 """
@@ -74,7 +80,7 @@ from butler_jax.kernels.select_keys import select_keys as _keys
 _RADIX_BITS = 4
 _N_THRESH = 1 << _RADIX_BITS
 _BLOCK_T = 2048
-METHODS = ("auto", "sampled", "radix")
+METHODS = ("auto", "sampled", "radix", "histogram")
 
 _SAMPLE = 4096  # sampled keys per row (guess kernel)
 _SAMPLE_CHUNK = 8  # contiguous keys per sample chunk: one 32-byte sector of f32 scores
@@ -510,6 +516,9 @@ def _radix_select(scores, lengths, k, *, n_sink, n_recent, interpret):
 
 @functools.partial(jax.jit, static_argnames=("k", "n_sink", "n_recent", "interpret", "method"))
 def _topk_select_pallas(scores, lengths, k, n_sink, n_recent, interpret, method="auto"):
+    if method == "histogram":
+        from butler_jax.kernels.topk_select_triton import histogram_select
+        return histogram_select(scores, lengths, k, n_sink=n_sink, n_recent=n_recent)
     kw = dict(n_sink=n_sink, n_recent=n_recent, interpret=interpret)
     r, t = scores.shape
     radix_auto = method == "auto" and scores.dtype == jnp.bfloat16 and r < _MIN_SAMPLED_ROWS_BF16
@@ -552,7 +561,9 @@ def topk_select(scores: jax.Array, k: int, lengths: jax.Array | None = None, *, 
     K budget. The others are ranked by score, ties to the lower index.
     method (Pallas only): "auto" (default) = "sampled", except "radix" for bf16 below 16 rows
     (the faster measured); "sampled" = sampled bracket select, falling back to the radix select
-    when its bracket fails for any row; "radix" = the 16-way radix select. All are exact.
+    when its bracket fails for any row; "radix" = the 16-way radix select; "histogram" = raw
+    Triton radix-histogram kernels through jax_triton (CUDA GPU only, no interpret mode; see
+    topk_select_triton.py). All are exact.
     Returns indices [R, K] int32 in ascending token order and valid [R, K] bool; slots past the
     row's count (fewer than K valid tokens) are valid=False with index 0.
     """
@@ -561,4 +572,9 @@ def topk_select(scores: jax.Array, k: int, lengths: jax.Array | None = None, *, 
     lengths = _check(scores, k, lengths, n_sink, n_recent)
     if resolve_implementation(implementation, interpret) == "xla":
         return _topk_select_xla(scores, lengths, k, n_sink, n_recent)
+    if method == "histogram" and interpret:
+        raise ValueError("method='histogram' runs Triton kernels through jax_triton on a CUDA GPU "
+                         "and has no Pallas interpret mode; pass interpret=False (its CPU tests "
+                         "run the same kernels in Triton's interpreter: "
+                         "tests/test_topk_select_triton.py)")
     return _topk_select_pallas(scores, lengths, k, n_sink, n_recent, interpret, method)
