@@ -140,3 +140,35 @@ def test_provenance_takes_the_commit_from_the_environment(monkeypatch):
     given = provenance()
     assert given["git_commit"] == "abc1234" and given["git_dirty"] is None
     assert given["git_commit_from"] == "COMMIT environment variable"
+
+
+def test_an_interrupted_run_summarises_its_samples_and_a_rerun_continues(tiny, tmp_path):
+    """Ctrl-C (or a time limit's SIGINT) mid-run: the finished batches stay stored and summarised; the same
+    command then computes only the rest."""
+    from butler_jax.eval.runner import Interrupted
+
+    text = tmp_path / "t.txt"
+    text.write_text("".join(chr(97 + (i * 7919) % 26) for i in range(1000)))
+    out = tmp_path / "eval"
+    cfg, params, model = tiny
+    eval_cfg = EvalConfig(methods=["dense", "streamingllm"], budgets=["fixed_50pc"], tasks=["perplexity"],
+                          output_dir=str(out), ppl_source=str(text), ppl_context=64, ppl_windows=3)
+    sparsity = SparsityConfig(n_sink=4, n_window=8, granularity="query", dense_layers=1)
+    tasks = build_tasks(eval_cfg, sparsity, model, params, ByteTokenizer(), {"model": dataclasses.asdict(cfg)})
+    calls: list[int] = []
+
+    def stop_after_one_batch(policy, policy_params, items, evaluate=tasks[0][2]):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(len(items))
+        return evaluate(policy, policy_params, items)
+
+    cut = [(name, samples, stop_after_one_batch, *rest) for name, samples, _, *rest in tasks]
+    reuse: dict[str, int] = {}
+    with pytest.raises(Interrupted) as stop:
+        run_tasks(cut, eval_cfg, sparsity, cfg, None, reuse)
+    stored = (out / "samples.jsonl").read_text().splitlines()
+    assert 0 < len(stored) == calls[0] < 6 and reuse == {"computed": len(stored), "reused": 0}
+    assert [r["n"] for r in stop.value.rows] == [len(stored)] and (out / "summary.md").is_file()
+    _, again = _run(tiny, out, text, n_window=8)
+    assert again == {"computed": 6 - len(stored), "reused": len(stored)}
