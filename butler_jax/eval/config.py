@@ -45,7 +45,7 @@ class EvalConfig:
 def check_eval_config(ev: EvalConfig, model_cfg, methods: tuple[str, ...]) -> None:
     """Raise ConfigError naming the first bad `eval.*` value (checked before any model or data loads).
 
-    Lists non-empty and known, counts >= 1, contexts within the model's positions, and token
+    Lists non-empty and known, counts >= 1 (ppl_windows >= 0, 0: every window), contexts within the model's positions, and token
     budgets within the context they select from.
     """
     from butler_jax.errors import ConfigError
@@ -61,7 +61,10 @@ def check_eval_config(ev: EvalConfig, model_cfg, methods: tuple[str, ...]) -> No
             raise ConfigError(f"eval.{name} has unknown entry {unknown[0]!r}", fix=f"choose from {list(allowed)}")
     if any(m != "dense" for m in ev.methods) and not ev.budgets:
         raise ConfigError("eval.budgets is empty", fix="list at least one budget, e.g. [fixed_50pc]")
-    counts = {"ppl_windows": "perplexity", "coref_samples": "coref", "ruler_samples": "ruler", "ruler_batch": "ruler"}
+    if "perplexity" in ev.tasks and ev.ppl_windows < 0:
+        raise ConfigError(f"eval.ppl_windows={ev.ppl_windows} is negative",
+                          fix="use 0 for every window of eval.ppl_source, or a window count >= 1")
+    counts = {"coref_samples": "coref", "ruler_samples": "ruler", "ruler_batch": "ruler"}
     for name, task in counts.items():
         if task in ev.tasks and getattr(ev, name) < 1:
             raise ConfigError(f"eval.{name}={getattr(ev, name)} must be >= 1")
