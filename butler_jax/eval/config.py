@@ -40,6 +40,7 @@ class EvalConfig:
     coref_samples: int = 4
     coref_budgets: list[str] = field(default_factory=list)  # default: the same as budgets
     coref_length: int = 0  # 0: natural length (about 250-400 tokens); else padded with filler
+    coref_batch: int = 8  # co-reference samples per decode-simulated pass (one compiled shape for the set)
 
 
 def check_eval_config(ev: EvalConfig, model_cfg, methods: tuple[str, ...]) -> None:
@@ -64,7 +65,7 @@ def check_eval_config(ev: EvalConfig, model_cfg, methods: tuple[str, ...]) -> No
     if "perplexity" in ev.tasks and ev.ppl_windows < 0:
         raise ConfigError(f"eval.ppl_windows={ev.ppl_windows} is negative",
                           fix="use 0 for every window of eval.ppl_source, or a window count >= 1")
-    counts = {"coref_samples": "coref", "ruler_samples": "ruler", "ruler_batch": "ruler"}
+    counts = {"coref_samples": "coref", "coref_batch": "coref", "ruler_samples": "ruler", "ruler_batch": "ruler"}
     for name, task in counts.items():
         if task in ev.tasks and getattr(ev, name) < 1:
             raise ConfigError(f"eval.{name}={getattr(ev, name)} must be >= 1")
