@@ -46,8 +46,8 @@ class EvalConfig:
 def check_eval_config(ev: EvalConfig, model_cfg, methods: tuple[str, ...]) -> None:
     """Raise ConfigError naming the first bad `eval.*` value (checked before any model or data loads).
 
-    Lists non-empty and known, counts >= 1 (ppl_windows >= 0, 0: every window), contexts within the model's positions, and token
-    budgets within the context they select from.
+    Lists non-empty and known, counts >= 1 (ppl_windows >= 0, 0: every window), contexts within the
+    model's positions, and token budgets within the context they select from.
     """
     from butler_jax.errors import ConfigError
     from butler_jax.sparsity.budget import parse_budget
