@@ -174,7 +174,7 @@ CASES = [
     Case("negative ppl_context", evaluate.main, lambda p: ["eval.ppl_context=-64"], "eval.ppl_context=-64"),
     Case("zero ppl_context", evaluate.main, lambda p: ["eval.ppl_context=0"], "eval.ppl_context=0"),
     Case("ppl_context beyond positions", evaluate.main, lambda p: ["eval.ppl_context=100000"], "eval.ppl_context=100000"),
-    Case("zero ppl_windows", evaluate.main, lambda p: ["eval.ppl_windows=0"], "eval.ppl_windows=0"),
+    Case("negative ppl_windows", evaluate.main, lambda p: ["eval.ppl_windows=-1"], "eval.ppl_windows=-1"),
     Case("ruler_length beyond positions", evaluate.main, lambda p: ["eval.ruler_length=9471"], "eval.ruler_length=9471"),
     Case("budget larger than the context", evaluate.main, lambda p: ["eval.budgets=[600]"], "eval.budgets entry '600'"),
     Case("unparsable budget", evaluate.main, lambda p: ["eval.budgets=[lots]"], "eval.budgets entry 'lots'"),

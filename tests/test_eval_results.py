@@ -72,6 +72,28 @@ def test_other_sparsity_settings_are_recomputed_and_both_kept(tiny, tmp_path):
     assert moved["git_commit"] == "0" * 40 and moved["tree_changed_during_run"]["git_commit"] == started["git_commit"]
 
 
+def test_ppl_windows_zero_scores_every_window(tiny, tmp_path):
+    """eval.ppl_windows: 0 passes the config check and scores every non-overlapping window of the file
+    (here 4 full windows of 64 bytes; the partial fifth is dropped)."""
+    from butler_jax.eval.config import check_eval_config
+    from butler_jax.sparsity import METHODS
+
+    cfg, params, model = tiny
+    text = tmp_path / "t.txt"
+    data = "".join(chr(97 + (i * 31) % 26) for i in range(4 * 64 + 20))
+    text.write_text(data)
+    eval_cfg = EvalConfig(methods=["dense"], tasks=["perplexity"], output_dir=str(tmp_path / "eval"),
+                          ppl_source=str(text), ppl_context=64, ppl_windows=0)
+    check_eval_config(eval_cfg, cfg, METHODS)
+    tasks = build_tasks(eval_cfg, SparsityConfig(), model, params, ByteTokenizer(), {})
+    (_, samples, *_), = tasks
+    assert [s.tokens.tolist() for s in samples] == [list(data[w * 64:(w + 1) * 64].encode()) for w in range(4)]
+    run_tasks(tasks, eval_cfg, SparsityConfig(), cfg)
+    stored = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert sorted(r["sample"] for r in stored) == [f"window{w}" for w in range(4)]
+    assert all(r["count"] == 63 for r in stored)
+
+
 def test_bootstrap_and_paired_difference():
     est, lo, hi = bootstrap_ci(np.r_[np.zeros(50), np.ones(50)])
     assert est == 0.5 and 0.35 < lo < 0.5 < hi < 0.65

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import Counter
@@ -194,3 +195,29 @@ def test_qa_from_a_local_file(smollm2_tok, chat, task, tmp_path):
         assert score_prediction(task, f" {s.answers[0]}.", s.answers) == 1.0
         assert score_prediction(task, WRONG, s.answers) == 0.0
     assert samples[0].answers != samples[1].answers
+
+
+# sha256 (16 hex) of task, index, input, answers, max_new_tokens and token_length of the samples as
+# built before each size's prompt was cached and the tasks were built in threads (commit a431f84):
+# building faster must not change a single sample
+BUILT_BEFORE = {
+    "niah_single_1/0": "8d848a4e81e35212", "niah_single_2/0": "77fc21e86a2dee85", "niah_multikey_2/0": "d669b99639baa6b2",
+    "vt/0": "fbcb7b87c65d9f77", "cwe/0": "35630b943be98ad7", "fwe/0": "2940c4a042ff3592",
+    "niah_single_1/7": "5ce050447397cf53", "niah_single_2/7": "fd299474e20f8bd3", "niah_multikey_2/7": "a44a739e4413bf44",
+    "vt/7": "6cb5db59cc001f6a", "cwe/7": "926d3978d7d2f2af", "fwe/7": "1cad971f1a4654ce",
+}
+
+
+def test_samples_are_the_ones_built_before(smollm2_tok, chat):
+    from butler_jax.eval.haystack import essay_deviations
+
+    essay = REPO / "butler_jax" / "eval" / "data" / "wikitext-2-raw" / "wiki.test.raw"  # shipped: same everywhere
+    got = {}
+    for seed in (0, 7):
+        tasks = generate_ruler(smollm2_tok, 1024, 3, ["niah_single_1", "niah_single_2", "niah_multikey_2", "vt", "cwe", "fwe"],
+                               seed=seed, chat_template=chat, essay_path=essay, progress=False)
+        for task, items in tasks.items():
+            fields = [[s.task, s.index, s.input, s.answers, s.max_new_tokens, s.token_length] for s in items]
+            got[f"{task}/{seed}"] = hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
+            assert all(s.deviations == (essay_deviations(essay) if task == "niah_single_2" else ()) for s in items)
+    assert got == BUILT_BEFORE

@@ -84,9 +84,12 @@ def build_tasks(eval_cfg: EvalConfig, sparsity: SparsityConfig, model, params, t
 
         coref = generate_coref(tokenizer, eval_cfg.coref_samples, seed=eval_cfg.seed, target_tokens=eval_cfg.coref_length or None, progress=False)
         samples = [TaskSample(f"coref{i}", c) for i, c in enumerate(coref)]
-        evaluate = lambda policy, pp, items: [evaluate_coref(model, params, policy, pp, s) for s in items]  # noqa: E731
+        batch = max(1, min(eval_cfg.coref_batch, len(samples)))
+        # one compiled shape for the set: its longest sample rounded up to 64 tokens (within the positions)
+        width = min(-(-max(len(c.token_ids) for c in coref) // 64) * 64, model.cfg.max_position_embeddings)
+        evaluate = functools.partial(evaluate_coref, model, params, batch=batch, width=width)
         settings = dict(common, task="coref", seed=eval_cfg.seed, length=eval_cfg.coref_length)
-        tasks.append(("coref", samples, evaluate, eval_cfg.coref_budgets or eval_cfg.budgets, 1, settings))
+        tasks.append(("coref", samples, evaluate, eval_cfg.coref_budgets or eval_cfg.budgets, batch, settings))
     if "ruler" in eval_cfg.tasks:
         from butler_jax.eval.tasks_generation import RULER_RECORD, TaskSample, evaluate_ruler
 

@@ -40,13 +40,14 @@ class EvalConfig:
     coref_samples: int = 4
     coref_budgets: list[str] = field(default_factory=list)  # default: the same as budgets
     coref_length: int = 0  # 0: natural length (about 250-400 tokens); else padded with filler
+    coref_batch: int = 8  # co-reference samples per decode-simulated pass (one compiled shape for the set)
 
 
 def check_eval_config(ev: EvalConfig, model_cfg, methods: tuple[str, ...]) -> None:
     """Raise ConfigError naming the first bad `eval.*` value (checked before any model or data loads).
 
-    Lists non-empty and known, counts >= 1, contexts within the model's positions, and token
-    budgets within the context they select from.
+    Lists non-empty and known, counts >= 1 (ppl_windows >= 0, 0: every window), contexts within the
+    model's positions, and token budgets within the context they select from.
     """
     from butler_jax.errors import ConfigError
     from butler_jax.sparsity.budget import parse_budget
@@ -61,7 +62,10 @@ def check_eval_config(ev: EvalConfig, model_cfg, methods: tuple[str, ...]) -> No
             raise ConfigError(f"eval.{name} has unknown entry {unknown[0]!r}", fix=f"choose from {list(allowed)}")
     if any(m != "dense" for m in ev.methods) and not ev.budgets:
         raise ConfigError("eval.budgets is empty", fix="list at least one budget, e.g. [fixed_50pc]")
-    counts = {"ppl_windows": "perplexity", "coref_samples": "coref", "ruler_samples": "ruler", "ruler_batch": "ruler"}
+    if "perplexity" in ev.tasks and ev.ppl_windows < 0:
+        raise ConfigError(f"eval.ppl_windows={ev.ppl_windows} is negative",
+                          fix="use 0 for every window of eval.ppl_source, or a window count >= 1")
+    counts = {"coref_samples": "coref", "coref_batch": "coref", "ruler_samples": "ruler", "ruler_batch": "ruler"}
     for name, task in counts.items():
         if task in ev.tasks and getattr(ev, name) < 1:
             raise ConfigError(f"eval.{name}={getattr(ev, name)} must be >= 1")

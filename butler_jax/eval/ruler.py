@@ -10,7 +10,9 @@ task's `max_new_tokens` (RULER's convention; `reserve_generation=False` fits the
 
 from __future__ import annotations
 
+import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Protocol
@@ -85,23 +87,33 @@ def generate_task(task: str, tokenizer: Tokenizer, length: int, num_samples: int
     deviations = essay_deviations(essay_path) if cfg.haystack == "essay" and cfg.kind == "niah" else ()
     samples, guess = [], None
     for index in tqdm(range(num_samples), desc=f"{task} @ {length}", disable=not progress, leave=False):
-        def render(size: int) -> tuple[str, list[str]]:
-            prompt = builder.build(index, size, random.Random(f"{seed}/{task}/{index}"))
-            return prompt.render(wrap), prompt.answers
+        built: dict[int, tuple[str, list[str], int]] = {}  # size -> (text, answers, tokens): each built once
 
-        guess = fit_size(lambda size: len(tokenizer.encode(render(size)[0])), budget, builder.min_size,
-                         builder.max_size, guess, name=f"{task} @ {length}")
-        text, answers = render(guess)
-        samples.append(RulerSample(task, index, text, answers, cfg.max_new_tokens, len(tokenizer.encode(text)),
-                                   deviations))
+        def render(size: int) -> tuple[str, list[str], int]:
+            if size not in built:
+                prompt = builder.build(index, size, random.Random(f"{seed}/{task}/{index}"))
+                text = prompt.render(wrap)
+                built[size] = (text, prompt.answers, len(tokenizer.encode(text)))
+            return built[size]
+
+        guess = fit_size(lambda size: render(size)[2], budget, builder.min_size, builder.max_size, guess,
+                         name=f"{task} @ {length}")
+        text, answers, tokens = render(guess)
+        samples.append(RulerSample(task, index, text, answers, cfg.max_new_tokens, tokens, deviations))
     return samples
 
 
 def generate_ruler(tokenizer: Tokenizer, length: int, num_samples: int, tasks: Iterable[str] = ALL_TASKS,
                    **kwargs) -> dict[str, list[RulerSample]]:
     """Samples of several tasks. A task whose data is missing (qa file, essays) is an error: list only
-    the tasks to run (a mean over fewer than 13 tasks is then named as such)."""
-    return {task: generate_task(task, tokenizer, length, num_samples, **kwargs) for task in tasks}
+    the tasks to run (a mean over fewer than 13 tasks is then named as such).
+
+    The tasks are built in parallel threads (a fast tokenizer's encode releases the GIL); each task's
+    samples depend only on its own seeds, so they are the same as built one task after another."""
+    tasks = list(tasks)
+    with ThreadPoolExecutor(max_workers=max(1, min(len(tasks), os.cpu_count() or 1))) as pool:
+        futures = {task: pool.submit(generate_task, task, tokenizer, length, num_samples, **kwargs) for task in tasks}
+    return {task: future.result() for task, future in futures.items()}
 
 
 def score_prediction(task: str, prediction: str, answers: list[str]) -> float:

@@ -1,6 +1,7 @@
 """The co-reference and RULER tasks of evaluate.py.
 
-Co-reference: teacher-forced through the policy's decode-simulated pass (dense included); a sample scores 1 when
+Co-reference: teacher-forced through the policy's decode-simulated pass (dense included), several
+right-padded samples per jitted call; a sample scores 1 when
 every token of the final place NAME is the argmax prediction (1 - location miss), and the
 record keeps the location inaccuracy. RULER: real greedy generation through the jitted
 decode loop with the policy, scored with RULER's string-match metric of the task; each record
@@ -18,8 +19,8 @@ import numpy as np
 from butler_jax.decode import GenerationResult, generate
 from butler_jax.eval.coref import location_metrics, name_prediction_rows
 from butler_jax.eval.ruler import score_prediction
-from butler_jax.sparsity.simulate import simulated_logits
-from butler_jax.sparsity.stats import decode_means, sparse_layer_means
+from butler_jax.sparsity.simulate import simulated_predictions
+from butler_jax.sparsity.stats import decode_means, sequence_stats, sparse_layer_means
 
 # what a RULER record holds, part of its settings hash: records stored before the decode steps
 # measured their selection (no `sparsity` / `kept_tokens`) never match and are recomputed
@@ -32,16 +33,33 @@ class TaskSample:
     payload: Any
 
 
-def evaluate_coref(model, params, policy, policy_params, item: TaskSample) -> dict:
-    s = item.payload
-    tokens = jnp.asarray(np.asarray(s.token_ids)[None])
-    logits, stats = simulated_logits(model, params, tokens, policy, policy_params)
-    rows = name_prediction_rows(s.final_name_span)
-    preds = np.asarray(logits[0, rows].argmax(-1))
-    gold = np.asarray(s.token_ids)[s.final_name_span[0]:s.final_name_span[1]]
-    inaccuracy, miss = location_metrics([preds.tolist()], [gold.tolist()])
-    return {"metric": "coref_exact", "score": 1.0 - miss, "location_inaccuracy": inaccuracy,
-            **sparse_layer_means(list(stats), policy.settings.dense_layers)}
+def evaluate_coref(model, params, policy, policy_params, items: list[TaskSample], *, batch: int,
+                   width: int) -> list[dict]:
+    """Co-reference records of up to `batch` samples from one jitted decode-simulated pass.
+
+    Every call pads to `batch` rows (repeating the last sample) and `width` tokens (right padding,
+    which changes no real row's prediction, `simulate.simulated_predictions`), so a sample set runs
+    one compiled shape; `sparsity`, `kept_tokens` and `oracle_recall` count each sample's own rows.
+    """
+    ids = [np.asarray(item.payload.token_ids, np.int32) for item in items]
+    if len(ids) > batch or max(len(i) for i in ids) > width:
+        raise ValueError(f"{len(ids)} co-reference samples of up to {max(len(i) for i in ids)} tokens do not fit "
+                         f"batch={batch} x width={width}; pass a larger batch / width")
+    rows = ids + [ids[-1]] * (batch - len(ids))
+    tokens = np.zeros((batch, width), np.int32)
+    for row, seq in enumerate(rows):
+        tokens[row, :len(seq)] = seq
+    preds, stats = simulated_predictions(model, params, jnp.asarray(tokens), jnp.asarray([len(r) for r in rows]),
+                                         policy, policy_params)
+    preds = np.asarray(preds)
+    records = []
+    for row, (item, seq) in enumerate(zip(items, ids)):
+        span = item.payload.final_name_span
+        inaccuracy, miss = location_metrics([preds[row, name_prediction_rows(span)].tolist()],
+                                            [seq[span[0]:span[1]].tolist()])
+        records.append({"metric": "coref_exact", "score": 1.0 - miss, "location_inaccuracy": inaccuracy,
+                        **sparse_layer_means(sequence_stats(stats, row), policy.settings.dense_layers)})
+    return records
 
 
 def evaluate_ruler(model, params, tokenizer, stop_tokens, policy, policy_params, items: list[TaskSample], *,

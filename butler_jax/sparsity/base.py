@@ -66,7 +66,7 @@ class Policy(Protocol):
         """Initial carry of a decode-simulated pass over [batch, length] tokens."""
 
     def simulate_layer(self, params: PolicyParams, layer: int, x: LayerInputs, carry: Any) -> tuple[jnp.ndarray, Any, LayerStats]:
-        """(attention output [B, T, Hq, hd], carry, this layer's LayerStats) of all rows of x."""
+        """(attention output [B, T, Hq, hd], carry, this layer's per-row LayerStats [B, T]) of all rows of x."""
 
 
 POLICIES: dict[str, type] = {}

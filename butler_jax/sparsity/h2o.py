@@ -83,15 +83,15 @@ class H2OPolicy(EvictionPolicy):
         shape = (b, self.num_selection_heads, t)
 
         def row(c, i):
-            alive, score, stats = c
+            alive, score = c
             q = jax.lax.dynamic_slice_in_dim(x.q, i, 1, axis=1)
             pos = x.positions[:, i]
             out, alive, score, logits = self.step(q, x.k, x.v, alive, score, pos, "bthd")
             q_pos = pos[:, None]
             oracle = oracle_keep(logits, q_pos, x.positions, self.cfg.num_key_value_heads, self.settings)
-            stats = stats + layer_stats(alive[:, :, None], oracle, causal_mask(q_pos, x.positions))
-            return (alive, score, stats), out[:, 0]
+            stats = layer_stats(alive[:, :, None], oracle, causal_mask(q_pos, x.positions))  # fields [B, 1]
+            return (alive, score), (out[:, 0], stats)
 
-        init = (jnp.zeros(shape, bool), jnp.zeros(shape, jnp.float32), LayerStats.zeros())
-        (_, _, stats), outs = jax.lax.scan(row, init, jnp.arange(t))
-        return jnp.moveaxis(outs, 0, 1), carry, stats
+        init = (jnp.zeros(shape, bool), jnp.zeros(shape, jnp.float32))
+        _, (outs, stats) = jax.lax.scan(row, init, jnp.arange(t))  # stats fields [T, B, 1]
+        return jnp.moveaxis(outs, 0, 1), carry, LayerStats(*(field[..., 0].T for field in stats))

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from butler_jax.attention import attention_logits, causal_mask, masked_attention
 from butler_jax.models.llama import LayerInputs, LlamaForCausalLM
 from butler_jax.sparsity.select import attention_mass, simulated_keep
-from butler_jax.sparsity.stats import LayerStats, layer_stats
+from butler_jax.sparsity.stats import LayerStats, concat_rows, layer_stats, pool_rows
 
 # keep_fn(rows, logits [B, Hq, Tq, T]) -> keep [B, Hsel, Tq, T] for those query rows; None: dense
 KeepFn = Optional[Callable[[slice, jnp.ndarray], jnp.ndarray]]
@@ -30,10 +30,10 @@ def oracle_keep(logits: jnp.ndarray, q_pos: jnp.ndarray, k_pos: jnp.ndarray, num
 
 
 def chunked_simulation(sparsity, x: LayerInputs, keep_fn: KeepFn) -> tuple[jnp.ndarray, LayerStats]:
-    """Decode-simulated attention of all rows of x [B, T, ...] and its statistics against the Oracle
-    (`sparsity`: the SparsityConfig; its budget also sizes the Oracle of the statistics)."""
+    """Decode-simulated attention of all rows of x [B, T, ...] and its per-row statistics [B, T]
+    against the Oracle (`sparsity`: the SparsityConfig; its budget also sizes the Oracle of the statistics)."""
     t, chunk, hq, hkv = x.q.shape[1], sparsity.sim_chunk, x.q.shape[2], x.k.shape[2]
-    outs, stats = [], LayerStats.zeros()
+    outs, stats = [], []
     for start in range(0, t, chunk):
         rows = slice(start, min(t, start + chunk))
         q_pos = x.positions[:, rows]
@@ -41,10 +41,10 @@ def chunked_simulation(sparsity, x: LayerInputs, keep_fn: KeepFn) -> tuple[jnp.n
         causal = causal_mask(q_pos, x.positions)
         oracle = oracle_keep(logits, q_pos, x.positions, hkv, sparsity)
         keep = jnp.ones_like(oracle) if keep_fn is None else keep_fn(rows, logits)
-        stats = stats + layer_stats(keep, oracle, causal)
+        stats.append(layer_stats(keep, oracle, causal))
         keep_q = jnp.repeat(keep, hq // keep.shape[1], axis=1)
         outs.append(masked_attention(logits, keep_q & causal, x.v))
-    return jnp.concatenate(outs, axis=1), stats
+    return jnp.concatenate(outs, axis=1), concat_rows(stats)
 
 
 def simulation_attend(policy, params):
@@ -58,14 +58,24 @@ def simulation_attend(policy, params):
     return attend
 
 
-def simulated_logits(model: LlamaForCausalLM, params, tokens: jnp.ndarray, policy, policy_params: Any = ()
-                     ) -> tuple[jnp.ndarray, tuple[LayerStats, ...]]:
-    """Logits [B, T, V] of a decode-simulated pass over tokens [B, T], and per-layer statistics."""
+def simulated_pass(model: LlamaForCausalLM, params, tokens: jnp.ndarray, policy, policy_params: Any = ()
+                   ) -> tuple[jnp.ndarray, tuple[LayerStats, ...]]:
+    """Logits [B, T, V] of a decode-simulated pass over tokens [B, T], and per-layer per-row
+    statistics (fields int32 [B, T]). Every row attends only to its causal past (each policy's
+    selection of row i reads rows <= i), so right padding changes no earlier row."""
     model.cfg.check_context(tokens.shape[1], "decode simulation", cached=False)
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     carry = (policy.init_simulation(policy_params, tokens.shape[0], tokens.shape[1]), ())
     logits, (_, stats) = model.apply({"params": params}, tokens, positions, simulation_attend(policy, policy_params), carry)
     return logits, stats
+
+
+def simulated_logits(model: LlamaForCausalLM, params, tokens: jnp.ndarray, policy, policy_params: Any = ()
+                     ) -> tuple[jnp.ndarray, tuple[LayerStats, ...]]:
+    """Logits [B, T, V] of a decode-simulated pass over tokens [B, T], and per-layer statistics
+    summed over every row and sequence (f32 scalar fields)."""
+    logits, stats = simulated_pass(model, params, tokens, policy, policy_params)
+    return logits, tuple(pool_rows(s) for s in stats)
 
 
 @partial(jax.jit, static_argnames=("model", "policy"))
@@ -77,4 +87,12 @@ def simulated_window_nll(model: LlamaForCausalLM, params, tokens: jnp.ndarray, p
     return nll.sum(), nll.size, stats
 
 
-jit_simulated_logits = jax.jit(simulated_logits, static_argnames=("model", "policy"))
+@partial(jax.jit, static_argnames=("model", "policy"))
+def simulated_predictions(model: LlamaForCausalLM, params, tokens: jnp.ndarray, lengths: jnp.ndarray, policy,
+                          policy_params: Any = ()) -> tuple[jnp.ndarray, tuple[LayerStats, ...]]:
+    """(argmax next-token predictions int32 [B, T], per-layer statistics of each sequence's real
+    rows, f32 fields [B]) of a decode-simulated pass over tokens [B, T], sequence b right-padded
+    after its lengths[b] tokens (padding changes neither its first lengths[b] predictions nor its statistics)."""
+    logits, stats = simulated_pass(model, params, tokens, policy, policy_params)
+    real = jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]
+    return logits.argmax(-1).astype(jnp.int32), tuple(pool_rows(s, real) for s in stats)

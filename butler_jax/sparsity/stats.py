@@ -3,20 +3,22 @@
 The reports read `summarize` (per layer) or `sparse_layer_means` (one number per record, over
 the layers that select): `sparsity` = 1 - kept / visible keys, `kept_tokens` = kept keys per
 (query row, selection head), `oracle_recall` = kept keys the Oracle also keeps / the Oracle's.
-Decode-simulated passes sum `layer_stats`; real decode steps count `keys_read` per layer
+Decode-simulated passes count `layer_stats` per query row and `pool_rows` sums the rows of a
+sequence (its real rows when right-padded); real decode steps count `keys_read` per layer
 (`Policy.attend`) and `decode_means` pools those counts the same way (no Oracle there).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import jax.numpy as jnp
 import numpy as np
 
 
 class LayerStats(NamedTuple):
-    """Sums over rows and heads of one layer (divide to get rates)."""
+    """Counts of one layer: per (sequence, query row) int32 [B, T] from a simulated pass
+    (`layer_stats`), or their f32 sums over rows (`pool_rows`; divide those to get rates)."""
 
     kept: jnp.ndarray  # kept (attended) keys
     visible: jnp.ndarray  # causally visible keys
@@ -24,28 +26,36 @@ class LayerStats(NamedTuple):
     oracle_kept: jnp.ndarray  # keys the Oracle keeps
     queries: jnp.ndarray  # (query row, selection head) pairs
 
-    @staticmethod
-    def zeros() -> "LayerStats":
-        z = jnp.zeros((), jnp.float32)
-        return LayerStats(z, z, z, z, z)
-
     def __add__(self, other: "LayerStats") -> "LayerStats":  # type: ignore[override]
         return LayerStats(*(a + b for a, b in zip(self, other)))
 
 
 def layer_stats(keep: jnp.ndarray, oracle_keep: jnp.ndarray, visible: jnp.ndarray) -> LayerStats:
-    """keep / oracle_keep: bool [B, H, Tq, T]; visible: bool [B, 1 or H, Tq, T] -> summed LayerStats.
+    """keep / oracle_keep: bool [B, H, Tq, T]; visible: bool [B, 1 or H, Tq, T] -> per-row LayerStats,
+    int32 [B, Tq] (summed over heads and keys; `visible` is counted once and multiplied by the heads)."""
+    i, heads = jnp.int32, keep.shape[1]
+    rows = lambda mask: mask.sum((1, 3), dtype=i)  # noqa: E731
+    return LayerStats(rows(keep & visible), rows(visible) * (heads // visible.shape[1]),
+                      rows(keep & oracle_keep & visible), rows(oracle_keep & visible),
+                      jnp.full((keep.shape[0], keep.shape[2]), heads, i))
 
-    Counts are exact int32 sums (cast to float32 at the end); `visible` is counted once and
-    multiplied by the heads rather than broadcast."""
-    i = jnp.int32
-    kept = (keep & visible).sum(dtype=i)
-    return LayerStats(
-        kept.astype(jnp.float32), (visible.sum(dtype=i) * (keep.shape[1] // visible.shape[1])).astype(jnp.float32),
-        (keep & oracle_keep & visible).sum(dtype=i).astype(jnp.float32),
-        (oracle_keep & visible).sum(dtype=i).astype(jnp.float32),
-        jnp.float32(keep.shape[0] * keep.shape[1] * keep.shape[2]),
-    )
+
+def concat_rows(parts: Sequence[LayerStats]) -> LayerStats:
+    """Per-row LayerStats of consecutive row blocks [B, Tq_i] -> one [B, sum Tq_i]."""
+    return LayerStats(*(jnp.concatenate(field, axis=1) for field in zip(*parts)))
+
+
+def pool_rows(stats: LayerStats, rows: jnp.ndarray | None = None) -> LayerStats:
+    """Per-row counts [B, T] summed over the rows where `rows` (bool [B, T]) holds -> f32 [B] per
+    sequence; rows None: over every row and sequence -> f32 scalars. Exact int32 sums, then cast."""
+    if rows is None:
+        return LayerStats(*(field.sum(dtype=jnp.int32).astype(jnp.float32) for field in stats))
+    return LayerStats(*(jnp.where(rows, field, 0).sum(-1, dtype=jnp.int32).astype(jnp.float32) for field in stats))
+
+
+def sequence_stats(per_layer: Sequence[LayerStats], b: int) -> list[LayerStats]:
+    """Sequence b's part of per-layer `pool_rows(..., rows)` sums (fields [B]) -> scalar fields."""
+    return [LayerStats(*(field[b] for field in s)) for s in per_layer]
 
 
 def summarize(per_layer: list[LayerStats]) -> dict[str, list[float]]:
