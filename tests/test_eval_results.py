@@ -192,5 +192,7 @@ def test_an_interrupted_run_summarises_its_samples_and_a_rerun_continues(tiny, t
     stored = (out / "samples.jsonl").read_text().splitlines()
     assert 0 < len(stored) == calls[0] < 6 and reuse == {"computed": len(stored), "reused": 0}
     assert [r["n"] for r in stop.value.rows] == [len(stored)] and (out / "summary.md").is_file()
+    saved = json.loads(write_results(out, {}, stop.value.rows, reuse, [], provenance(), interrupted=True).read_text())
+    assert saved["interrupted"] is True and saved["summary"][0]["n"] == len(stored)
     _, again = _run(tiny, out, text, n_window=8)
     assert again == {"computed": 6 - len(stored), "reused": len(stored)}

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import numpy as np
 from butler_jax.config import ModelConfig, load_yaml, section
 from butler_jax.eval.config import EvalConfig, check_eval_config
 from butler_jax.eval.provenance import files_hash, provenance
-from butler_jax.eval.runner import Task, run_tasks
+from butler_jax.eval.runner import Interrupted, Task, run_tasks
 from butler_jax.eval.tasks_perplexity import evaluate_window, perplexity_samples
 from butler_jax.models.llama import LlamaForCausalLM
 from butler_jax.sparsity import METHODS, SparsityConfig
@@ -147,8 +148,15 @@ def run_from_config(config_path: str, overrides: list[str]) -> list[dict]:
     plan = ", ".join(f"{name} ({len(samples)} samples at {'/'.join(budgets)})" for name, samples, _, budgets, *_ in tasks)
     print(f"evaluating {cfg.source}: methods {eval_cfg.methods}; tasks {plan} -> {eval_cfg.output_dir}")
     reuse: dict[str, int] = {}
-    rows = run_tasks(tasks, eval_cfg, sparsity, cfg, predictor, reuse)
     out = Path(eval_cfg.output_dir)
+    try:
+        rows = run_tasks(tasks, eval_cfg, sparsity, cfg, predictor, reuse)
+    except Interrupted as stop:
+        result = write_results(out, data, stop.rows, reuse, [config_path, *overrides], started, interrupted=True)
+        print(f"\ninterrupted: {reuse['computed']} samples computed and stored, {reuse['reused']} reused; the summary "
+              f"of what is stored: {out / 'summary.md'}, {result}; rerun the same command to continue",
+              file=sys.stderr)
+        raise SystemExit(130) from None
     print((out / "summary.md").read_text())
     print(f"samples: {reuse['computed']} computed, {reuse['reused']} reused from {out / 'samples.jsonl'} "
           "(same settings hash)")
@@ -159,11 +167,11 @@ def run_from_config(config_path: str, overrides: list[str]) -> list[dict]:
 
 
 def write_results(out: Path, data: dict, rows: list[dict], reuse: dict[str, int], command: list[str],
-                  started: dict) -> Path:
+                  started: dict, interrupted: bool = False) -> Path:
     """results_<UTC start time>.json: the resolved config, provenance taken when the run `started`
     (commit, dirty, versions, device), the finish time, the reuse counts and the summary rows. A commit
     or dirty flag that changed before the finish is kept as `tree_changed_during_run`. Never overwrites
-    an earlier run's file."""
+    an earlier run's file. `interrupted`: the run stopped early (its summary covers the samples stored)."""
     now = provenance()
     prov = {**started, "finished_utc": now["time_utc"]}
     moved = {k: now[k] for k in ("git_commit", "git_dirty") if now[k] != started[k]}
@@ -174,5 +182,5 @@ def write_results(out: Path, data: dict, rows: list[dict], reuse: dict[str, int]
     while path.exists():
         path, n = path.with_name(f"{path.stem.split('.')[0]}.{n}.json"), n + 1
     path.write_text(json.dumps({"command": ["python", "evaluate.py", "--config", *command], "provenance": prov,
-                                "config": data, "samples": reuse, "summary": rows}, indent=1, default=str))
+                                "config": data, "samples": reuse, "interrupted": interrupted, "summary": rows}, indent=1, default=str))
     return path
