@@ -18,12 +18,22 @@ N) and `tokenbutler_i<N>_nf` (the same with neighbour fetch). Combinations whose
 estimate does not fit are skipped with the reason printed. Before timing a (batch, context) group,
 all its methods are compiled in parallel threads (nothing runs on the device meanwhile).
 
+`--profile`: after a method's timing, one more generation call is traced with jax.profiler and
+reported per generated token: the GPU kernels' summed time, the call's device span (the "XLA
+Modules" line where the trace has it, else first kernel start to last kernel end), the gap =
+span - kernel time (idle, launch and control-flow time), the kernel families (by name substring,
+`kernel_family`) and the top kernels with their launches per token. Tracing adds some overhead
+per launch, so the span may exceed the timed ms/token.
+
     python bench/decode_latency.py                     # the full matrix (defaults), H100 80 GB
     python bench/decode_latency.py --dry-run           # print the plan: estimates, floors, skips
     python bench/decode_latency.py --smoke             # CPU toy shapes (configs/tiny.yaml)
     python bench/decode_latency.py --mesh seq=2        # sharded decode on a mesh (or the config's mesh: section)
+    python bench/decode_latency.py --contexts 131072 --batch 1 --methods dense,tokenbutler_i1 --profile
+    python bench/decode_latency.py --smoke --profile   # CPU: the profile files say there is no GPU
 
-Writes decode_latency.json, decode_latency.md and decode_latency.png to --out.
+Writes decode_latency.json, decode_latency.md and decode_latency.png to --out (with --profile also
+decode_profile.json and decode_profile.md).
 """
 
 from __future__ import annotations
@@ -51,7 +61,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.timing import add_decode_shape_args, copy_bandwidth, read_bandwidth  # noqa: E402
+from bench.timing import DeviceTimes, add_decode_shape_args, copy_bandwidth, device_times, read_bandwidth  # noqa: E402
 from bench.plot_decode import context_label, plot_latency  # noqa: E402
 from butler_jax.cache import KVCache  # noqa: E402
 from butler_jax.config import ModelConfig, PredictorConfig, load_yaml, section  # noqa: E402
@@ -275,6 +285,61 @@ def cache_alive(cache: KVCache | None) -> bool:
     return cache is not None and not any(a.is_deleted() for a in (*cache.k, *cache.v))
 
 
+# --- the profile -------------------------------------------------------------------------------
+NO_GPU = "no GPU device events in the trace: the profile needs a GPU"
+FAMILIES = (  # (family, name substrings), the first match wins: "loop_select_fusion" is a fusion
+    ("attention", ("attention", "attend", "flash", "combine_splits")),
+    ("scoring", ("importance", "score")),
+    ("matmul", ("gemm", "gemv", "matmul", "cublas", "dot", "nvjet", "xmma", "cutlass")),
+    ("XLA fusion", ("fusion",)),
+    ("selection", ("topk", "top_k", "hist", "select", "sort", "bracket", "threshold", "emit", "compact",
+                   "count_kernel")),
+    ("memory", ("memcpy", "memset", "copy")),
+)
+
+
+def kernel_family(name: str) -> str:
+    """The coarse family of a GPU kernel by name substring (`FAMILIES`), else "other"."""
+    low = name.lower()
+    return next((family for family, keys in FAMILIES if any(k in low for k in keys)), "other")
+
+
+def profile_summary(times: DeviceTimes, tokens: int) -> dict:
+    """Per generated token: kernel us, device span us, gap = span - kernel us, launches, the
+    families' and every kernel's us and launches (most time first); `NO_GPU` as the note without
+    GPU events."""
+    if not times.kernels_us:
+        return dict(note=NO_GPU)
+    kernels = [dict(name=n, family=kernel_family(n), us=us / tokens, launches=times.launches[n] / tokens)
+               for n, us in times.kernels_us.items()]
+    families: dict[str, dict] = {}
+    for k in kernels:
+        f = families.setdefault(k["family"], dict(us=0.0, launches=0.0, kernels=0))
+        f.update(us=f["us"] + k["us"], launches=f["launches"] + k["launches"], kernels=f["kernels"] + 1)
+    span = times.span_us
+    return dict(tokens=tokens, kernel_us=times.kernel_us / tokens, span_us=None if span is None else span / tokens,
+                gap_us=None if span is None else (span - times.kernel_us) / tokens,
+                span_source="XLA Modules" if times.module_us is not None else "kernel extent",
+                launches=sum(times.launches.values()) / tokens,
+                families=dict(sorted(families.items(), key=lambda kv: -kv[1]["us"])), kernels=kernels)
+
+
+def profile_compiled(compiled, params, pparams, cache: KVCache, steps: int) -> tuple[dict, KVCache]:
+    """`profile_summary` of one more (traced) generation call, and the cache back; a failure is the
+    summary's note (the cache may then be gone: `cache_alive`)."""
+    first = jnp.zeros((cache.lengths.shape[0],), jnp.int32)
+    held = [cache]
+
+    def call():
+        _, held[0] = compiled(params, pparams, held[0], first)
+        return held[0]
+
+    try:
+        return profile_summary(device_times(call, calls=1), steps - 1), held[0]
+    except Exception as e:  # noqa: BLE001 - the timing stands without its profile
+        return dict(note=f"profile failed: {type(e).__name__}: {str(e)[:300]}"), held[0]
+
+
 # --- main --------------------------------------------------------------------------------------
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -293,6 +358,9 @@ def parse_args(argv=None):
     parser.add_argument("--smoke", action="store_true", help="CPU toy run: tiny config, contexts 256/512, budget 64, 3 steps")
     parser.add_argument("--mesh", default=None,
                         help="decode on a device mesh: seq=N[,kv_heads=M] (default: the config's mesh: section, else one device)")
+    parser.add_argument("--profile", action="store_true",
+                        help="trace one more generation call per method: GPU kernel time per token "
+                             "(decode_profile.json / .md)")
     parser.add_argument("--out", default=os.environ.get("OUT", "bench/results"))
     if parser.parse_known_args(argv)[0].smoke:  # toy defaults; options given explicitly still win
         parser.set_defaults(config="configs/tiny.yaml", contexts="256,512", batch="1,2", budget=64, n_sink=4, n_window=16,
@@ -340,6 +408,7 @@ def main(argv=None) -> None:
     log(f"read bandwidth {bandwidth / 1e12:.2f} TB/s{' (given)' if args.bandwidth_tbps or args.dry_run else ''}: every floor uses it")
 
     rows: list[dict] = []
+    profiles: list[dict] = []
     plan = []
     for batch in batches:
         for context in contexts:
@@ -403,6 +472,8 @@ def main(argv=None) -> None:
                     cache = random_cache(cfg, batch, capacity, context, jax.random.PRNGKey(context + batch))
                     cache = cache if mesh is None else place_cache(cache, mesh.build())
                 times, cache = time_compiled(compiled, params, pparams, cache, args.steps, args.repeats)
+                profile, cache = (profile_compiled(compiled, params, pparams, cache, args.steps) if args.profile
+                                  else (None, cache))
                 del compiled
             except Exception as e:  # noqa: BLE001 - one failing method must not stop the matrix
                 msg = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
@@ -417,10 +488,16 @@ def main(argv=None) -> None:
             rows.append(row)
             log(f"{m.label:20s} B={batch} ctx={context:6d}: {1e3 * seconds:8.2f} ms/token  floor {row['floor_ms']:6.2f} ms "
                 f"({row['ratio_to_floor']:.2f}x)  [compile {row.get('compile_s', 0):.0f}s]")
+            if profile is not None:
+                profiles.append(dict(method=m.label, batch=batch, context=context, ms_per_token=row["ms_per_token"],
+                                     floor_ms=row["floor_ms"], **profile))
+                log(f"profile {m.label} B={batch} ctx={context}: {profile_line(profile)}")
         del cache
         gc.collect()
         add_speedups(rows)  # after every group: a run cut short keeps what it measured
         write_outputs(args, meta, s, rows)
+        if args.profile:
+            write_profile(args, meta, profiles)
     pool.shutdown()
 
 
@@ -490,6 +567,49 @@ def write_outputs(args, meta: dict, s: Settings, rows: list[dict]) -> None:
     except Exception as e:  # noqa: BLE001 - the numbers are written already; the plot can be redone
         log(f"plot skipped: {type(e).__name__}: {e} (redo: python bench/plot_decode.py --latency {out / 'decode_latency.json'})")
     log(f"wrote {out / 'decode_latency.json'} and {out / 'decode_latency.md'}")
+
+
+def profile_line(p: dict) -> str:
+    """One line of a profile: its note, else kernel us, span, gap and launches per token."""
+    if "note" in p:
+        return p["note"]
+    span = "-" if p["span_us"] is None else f"{p['span_us']:.0f}"
+    gap = "-" if p["gap_us"] is None else f"{p['gap_us']:.0f}"
+    return (f"kernels {p['kernel_us']:.0f} us/token, span {span} us ({p['span_source']}), gap {gap} us, "
+            f"{p['launches']:.0f} launches/token")
+
+
+def profile_markdown(meta: dict, profiles: list[dict], top: int = 25) -> str:
+    """decode_profile.md: one section per profiled method, its totals, families and top kernels."""
+    lines = [f"# Decode profile per generated token, {meta['device']}", "",
+             f"- Command: `{meta['command']}`", f"- jax {meta['jax']}, {meta['date']}, commit {meta['commit']}",
+             "- One traced generation call per method after its timing (jax.profiler), / the tokens it generates. "
+             "Kernel time: the GPU kernels' durations summed (no gaps); span: the call's device time (\"XLA Modules\" "
+             "where traced, else first kernel start to last kernel end); gap = span - kernel time (idle, launch and "
+             "control-flow time). Tracing adds overhead per launch: compare the span with the timed ms/token.", ""]
+    for p in profiles:
+        lines += [f"## {p['method']}, B={p['batch']}, context {context_label(p['context'])}", "",
+                  f"- timed {p['ms_per_token']:.3f} ms/token, floor {p['floor_ms']:.3f} ms", f"- {profile_line(p)}", ""]
+        if "note" in p:
+            continue
+        lines += ["| family | us/token | % of kernel time | launches/token | kernels |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {f} | {v['us']:.1f} | {100 * v['us'] / p['kernel_us']:.1f} | {v['launches']:.1f} | "
+                  f"{v['kernels']} |" for f, v in p["families"].items()]
+        lines += ["", f"Top {min(top, len(p['kernels']))} of {len(p['kernels'])} kernels:", "",
+                  "| kernel | family | us/token | % | launches/token | us/launch |", "|---|---|---:|---:|---:|---:|"]
+        lines += [f"| `{k['name'][:100]}` | {k['family']} | {k['us']:.1f} | {100 * k['us'] / p['kernel_us']:.1f} | "
+                  f"{k['launches']:.1f} | {k['us'] / k['launches']:.2f} |" for k in p["kernels"][:top]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_profile(args, meta: dict, profiles: list[dict]) -> None:
+    """decode_profile.json and decode_profile.md to --out."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "decode_profile.json").write_text(json.dumps(dict(meta=meta, profiles=profiles), indent=1))
+    (out / "decode_profile.md").write_text(profile_markdown(meta, profiles))
+    log(f"wrote {out / 'decode_profile.json'} and {out / 'decode_profile.md'}")
 
 
 if __name__ == "__main__":

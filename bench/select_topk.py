@@ -7,9 +7,10 @@ derived from the last output into the input's first element, so nothing is hoist
 end and divided by ITERS ("loop"); the same loop unrolled ("unrolled": no while-loop
 machinery between calls, which costs ~12 us an iteration on the H200, see `bench_loop`). The
 2-16 MB of scores stay in L2 across calls, as they do in decode after scoring. "device": the
-sum of the GPU kernels' durations per call from a profiler trace (`_kernel_us`; no launch
-gaps; "histogram"'s passes share one kernel name, _hist_kernel, summed). `--stages` skips the bandwidths, references and score_and_select: the loop's cost and
-every method's per-kernel device time on f32 and bf16 (the earlier kernels' bf16 rows too).
+sum of the GPU kernels' durations per call from a profiler trace (`bench.timing.device_event_us`;
+no launch gaps; "histogram"'s passes share one kernel name, _hist_kernel, summed). `--stages`
+skips the bandwidths, references and score_and_select: the loop's cost and every method's
+per-kernel device time on f32 and bf16 (the earlier kernels' bf16 rows too).
 Run from the repo root: `python -m bench.select_topk [--stages]` (writes select.md / .json or
 select_stages.json under $OUT or .). COMMIT in the environment names the tree's commit where
 .git is absent.
@@ -18,14 +19,11 @@ select_stages.json under $OUT or .). COMMIT in the environment names the tree's 
 from __future__ import annotations
 
 import argparse
-import collections
 import datetime
-import glob
 import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.timing import best_seconds, copy_bandwidth, read_bandwidth
+from bench.timing import best_seconds, copy_bandwidth, device_event_us, read_bandwidth
 from butler_jax.kernels.score_select import importance_scores, score_and_select
 from butler_jax.kernels.topk_select import METHODS, topk_select
 
@@ -62,27 +60,6 @@ def _amortised_us(fn, x: jax.Array, unroll: bool = False) -> float:
     loop = jax.jit(lambda s: jax.lax.fori_loop(0, ITERS, body, s, unroll=unroll))
     loop(x).block_until_ready()
     return best_seconds(loop, x) / ITERS * 1e6
-
-
-def _kernel_us(fn, x: jax.Array, calls: int = 20) -> dict[str, float]:
-    """Device us per call of fn(x) from a profiler trace: each GPU event name (kernels and XLA
-    ops, keyed "line: name") and "module" (the whole call's device span, gaps included)."""
-    jax.block_until_ready(fn(x))
-    with tempfile.TemporaryDirectory() as d:
-        with jax.profiler.trace(d):
-            for _ in range(calls):
-                jax.block_until_ready(fn(x))
-        (path,) = glob.glob(f"{d}/**/*.xplane.pb", recursive=True)
-        data = jax.profiler.ProfileData.from_file(path)
-    per = collections.defaultdict(float)
-    for plane in data.planes:
-        if not plane.name.startswith("/device:GPU"):
-            continue
-        for line in plane.lines:
-            for e in line.events:
-                key = "module" if line.name == "XLA Modules" else f"{line.name}: {e.name}"
-                per[key] += e.duration_ns / 1e3 / calls
-    return dict(sorted(per.items(), key=lambda kv: -kv[1]))
 
 
 def _try(fn, *args):
@@ -118,7 +95,7 @@ def bench_select(rows: int, dtype, read_bw: float | None, methods=PALLAS) -> dic
         fn = _method_fn(m, lengths)
         res[f"{m}_us"] = _try(_amortised_us, lambda s: fn(s)[0], scores)
         res[f"{m}_exact"] = _try(lambda: _same(fn(scores), want))
-        kernels = _try(_kernel_us, fn, scores)
+        kernels = _try(device_event_us, fn, scores)
         res[f"{m}_kernels_us"] = kernels
         res[f"{m}_device_us"] = sum(kernels.values()) if isinstance(kernels, dict) else kernels
     fn = _method_fn("auto", lengths)
@@ -234,7 +211,7 @@ def _markdown(meta: dict, loop: list[dict], sel: list[dict], ss: list[dict]) -> 
         for m in SHOWN:
             ks = r.get(f"{m}_kernels_us")
             if isinstance(ks, dict):
-                top = ", ".join(f"{n.split(': ')[-1]} {v:.1f}" for n, v in list(ks.items())[:6])
+                top = ", ".join(f"{n} {v:.1f}" for n, v in list(ks.items())[:6])
                 lines.append(f"- {r['rows']} rows {r['dtype']} {m}: {top}")
     lines += ["", "score_and_select, B=1, T=131072, d'=16 bf16 keys (us, loop):", "",
               "| heads | keys MB | Pallas scorer | select alone | score_and_select |",

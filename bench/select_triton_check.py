@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.select_topk import K, KW, T, _amortised_us, _inputs, _kernel_us, _same
+from bench.select_topk import K, KW, T, _amortised_us, _inputs, _same
+from bench.timing import device_event_us
 from butler_jax.kernels.topk_select import topk_select, topk_select_reference
 
 VARIANTS = {  # name: (dtypes, histogram_select overrides)
@@ -81,9 +82,9 @@ def check(name: str, dtype, rows: int, overrides: dict) -> dict:
         if rows == 8:
             res["exact_adversarial"] = adversarial(dtype, lambda n: _histogram_fn(n, overrides))
         res["loop_us"] = round(_amortised_us(lambda s: fn(s)[0], scores), 1)
-        kernels = _kernel_us(fn, scores)
-        res["device_us"] = round(sum(v for n, v in kernels.items() if n != "module"), 1)
-        res["kernels_us"] = {n.split(": ")[-1]: round(v, 1) for n, v in kernels.items()}
+        kernels = device_event_us(fn, scores)
+        res["device_us"] = round(sum(kernels.values()), 1)
+        res["kernels_us"] = {n: round(v, 1) for n, v in kernels.items()}
     except Exception as e:  # noqa: BLE001 - print the diagnosis, go on with the other variants
         traceback.print_exc()
         res["error"] = f"{type(e).__name__}: {str(e)[:2000]}"

@@ -1,10 +1,16 @@
-"""Timing helpers of the benchmarks: best-of-N wall time, and the device bandwidths that every
+"""Timing helpers of the benchmarks: best-of-N wall time, the device bandwidths that every
 floor is computed from: `read_bandwidth` (a read-only stream, the ceiling of decode, which mostly
-reads) and `copy_bandwidth` (read + write)."""
+reads) and `copy_bandwidth` (read + write), and device time per GPU kernel from a profiler trace
+(`device_times`, `device_event_us`; the pure part: `aggregate_device_events`)."""
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+import glob
+import tempfile
 import time
+from typing import Callable, Iterable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -56,6 +62,86 @@ def read_bandwidth(nbytes: int = 2 << 30, reps: int = 20) -> float:
     seconds = best_seconds(loop, x, repeats=2)
     del x
     return nbytes * reps / seconds
+
+
+class DeviceEvent(NamedTuple):
+    """One profiler event: its plane ("/device:GPU:0"), line ("Stream #14(Compute)", "XLA Modules"),
+    name, duration and (where known) start, in ns."""
+
+    plane: str
+    line: str
+    name: str
+    duration_ns: float
+    start_ns: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceTimes:
+    """Per call: GPU kernel us and launches by kernel name (summed over streams and GPUs, most time
+    first), the "XLA Modules" line's us (None without that line) and the extent of the kernels,
+    first start to last end (None without starts; with several calls it spans the host time
+    between them too)."""
+
+    kernels_us: dict[str, float]
+    launches: dict[str, float]
+    module_us: float | None
+    extent_us: float | None
+
+    @property
+    def kernel_us(self) -> float:
+        """The kernels' summed time per call (no launch gaps)."""
+        return sum(self.kernels_us.values())
+
+    @property
+    def span_us(self) -> float | None:
+        """The call's device span: the "XLA Modules" time where traced, else the kernels' extent."""
+        return self.module_us if self.module_us is not None else self.extent_us
+
+
+def aggregate_device_events(events: Iterable[tuple], calls: int) -> DeviceTimes:
+    """`DeviceTimes` per call of `calls` traced calls from (plane, line, name, duration_ns[, start_ns])
+    events: kernels are the events on the "Stream ..." lines of "/device:GPU" planes; the other
+    lines there are derived from them (XLA Ops, ...) and only "XLA Modules" is kept."""
+    us, count = collections.defaultdict(float), collections.defaultdict(int)
+    module, starts, ends = None, [], []
+    for e in map(lambda t: DeviceEvent(*t), events):
+        if not e.plane.startswith("/device:GPU"):
+            continue
+        if e.line == "XLA Modules":
+            module = (module or 0.0) + e.duration_ns / 1e3 / calls
+        elif e.line.startswith("Stream"):
+            us[e.name] += e.duration_ns / 1e3 / calls
+            count[e.name] += 1
+            if e.start_ns is not None:
+                starts.append(e.start_ns)
+                ends.append(e.start_ns + e.duration_ns)
+    order = sorted(us, key=lambda n: -us[n])
+    extent = (max(ends) - min(starts)) / 1e3 / calls if starts else None
+    return DeviceTimes({n: us[n] for n in order}, {n: count[n] / calls for n in order}, module, extent)
+
+
+def trace_device_events(fn: Callable, *args, calls: int = 20) -> list[DeviceEvent]:
+    """Every event of a profiler trace of `calls` calls fn(*args), each waited for, after one
+    untraced warm-up call."""
+    jax.block_until_ready(fn(*args))
+    with tempfile.TemporaryDirectory() as d:
+        with jax.profiler.trace(d):
+            for _ in range(calls):
+                jax.block_until_ready(fn(*args))
+        (path,) = glob.glob(f"{d}/**/*.xplane.pb", recursive=True)
+        data = jax.profiler.ProfileData.from_file(path)
+        return [DeviceEvent(plane.name, line.name, e.name, e.duration_ns, e.start_ns)
+                for plane in data.planes for line in plane.lines for e in line.events]
+
+
+def device_times(fn: Callable, *args, calls: int = 20) -> DeviceTimes:
+    """`DeviceTimes` per call of fn(*args) from a profiler trace of `calls` calls."""
+    return aggregate_device_events(trace_device_events(fn, *args, calls=calls), calls)
+
+
+def device_event_us(fn: Callable, *args, calls: int = 20) -> dict[str, float]:
+    """Device us per call of fn(*args) by GPU kernel name (most first); empty without a GPU."""
+    return device_times(fn, *args, calls=calls).kernels_us
 
 
 def add_decode_shape_args(parser) -> None:
