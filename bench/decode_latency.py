@@ -1,7 +1,10 @@
 """End-to-end decode latency: ms/token of the whole jitted generation loop, dense vs sparse policies.
 
 Llama-3.1-8B shapes with random weights (speed does not depend on values); the KV cache is filled
-with random keys/values up to the context length (no prefill), then `decode_loop` generates
+with random keys/values up to the context length (no prefill), and so are TokenButler's cached
+importance keys (all-zero keys would make every past score tie, which sends the exact top-K to its
+radix fallback at every step; under --mesh the sharded loop makes its own state, whose keys are
+zero), then `decode_loop` generates
 `--steps` tokens greedily in one `lax.while_loop` (one jitted call; the cache is donated). The
 first call compiles and warms up; the next `--repeats` calls are timed and the best is divided by
 steps - 1 (the tokens the loop generates).
@@ -60,6 +63,8 @@ import time  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+
+from typing import NamedTuple  # noqa: E402
 
 from bench.timing import DeviceTimes, add_decode_shape_args, copy_bandwidth, device_times, read_bandwidth  # noqa: E402
 from bench.plot_decode import context_label, plot_latency  # noqa: E402
@@ -224,6 +229,32 @@ def run_meta(args, bandwidth: float) -> dict:
 
 
 # --- the timed loop ----------------------------------------------------------------------------
+class Buffers(NamedTuple):
+    """What a generation call takes and gives back (donated): the KV cache and, for TokenButler on one
+    device, the long-context predictor's cached importance keys per layer [B, Hkv, capacity, d']."""
+    cache: KVCache
+    importance: tuple[jax.Array, ...] | None = None
+
+
+def uses_importance_keys(m: "Method", mesh: MeshConfig | None) -> bool:
+    return m.kind == "tokenbutler" and mesh is None
+
+
+def importance_spec(s: "Settings", batch: int, capacity: int) -> tuple[jax.ShapeDtypeStruct, ...]:
+    """Shapes of the importance keys, as the long-context policy's `init_state` makes them."""
+    cfg = s.cfg
+    dt = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
+    layer = (batch, cfg.num_key_value_heads, capacity, s.pcfg.dDash)
+    return tuple(jax.ShapeDtypeStruct(layer, dt) for _ in range(cfg.num_hidden_layers))
+
+
+def random_importance_keys(s: "Settings", batch: int, capacity: int, key) -> tuple[jax.Array, ...]:
+    """Random normal importance keys for every position (the loop overwrites the ones it generates)."""
+    specs = importance_spec(s, batch, capacity)
+    make = jax.jit(lambda k: jax.random.normal(k, specs[0].shape, specs[0].dtype))
+    return tuple(make(k) for k in jax.random.split(key, len(specs)))
+
+
 def random_cache(cfg: ModelConfig, batch: int, capacity: int, length: int, key) -> KVCache:
     shape = (batch, cfg.num_key_value_heads, capacity, cfg.resolved_head_dim)
     dt = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
@@ -249,36 +280,41 @@ def lower_decode(model, predictor, s: Settings, m: Method, params, pparams, batc
                  mesh: MeshConfig | None = None):
     """Lower the whole generation (the policy is a static value, the predictor params `pparams` a
     traced argument, the state initialised inside the jit; the cache donated and returned with
-    its lengths reset, so calls can repeat). With `mesh`: the sharded decode loop
-    (`sharding.decode.decode_loop_on_mesh`) over a cache placed on that mesh."""
+    its lengths reset, so calls can repeat; TokenButler's importance keys too, see `Buffers`). With
+    `mesh`: the sharded decode loop (`sharding.decode.decode_loop_on_mesh`) over a cache placed on that mesh."""
     sparsity = m.sparsity(s)
 
-    def run(p, pp, cache, first):
+    def run(p, pp, buffers: Buffers, first):
         policy, policy_params = make_policy(sparsity, s.cfg, (predictor, pp))  # a static policy; pp stays traced
         options = dict(policy=policy, max_new_tokens=steps, sampling=SamplingConfig(), stop_tokens=())
-        if mesh is None:
-            state = policy.init_state(policy_params, batch, capacity)
-            out, _, _, new = decode_loop(model, p, first, cache, state, jax.random.PRNGKey(0), return_cache=True,
-                                      policy_params=policy_params, **options)
-        else:
+        cache = buffers.cache
+        if mesh is not None:
             out, _, _, new = decode_loop_on_mesh(model, p, policy_params, first, cache, jax.random.PRNGKey(0), mesh=mesh,
                                               **options)
-        return out, new._replace(lengths=cache.lengths)
+            return out, Buffers(new._replace(lengths=cache.lengths))
+        state = policy.init_state(policy_params, batch, capacity)
+        if buffers.importance is not None:
+            state = state._replace(cache=buffers.importance)
+        out, _, _, new, final = decode_loop(model, p, first, cache, state, jax.random.PRNGKey(0), return_cache=True,
+                                            return_state=True, policy_params=policy_params, **options)
+        return out, Buffers(new._replace(lengths=cache.lengths), final.cache if buffers.importance is not None else None)
 
     first = jax.ShapeDtypeStruct((batch,), jnp.int32)
-    return jax.jit(run, donate_argnums=(2,)).lower(params, pparams, cache_spec(s.cfg, batch, capacity, mesh), first)
+    spec = Buffers(cache_spec(s.cfg, batch, capacity, mesh),
+                   importance_spec(s, batch, capacity) if uses_importance_keys(m, mesh) else None)
+    return jax.jit(run, donate_argnums=(2,)).lower(params, pparams, spec, first)
 
 
-def time_compiled(compiled, params, pparams, cache: KVCache, steps: int, repeats: int) -> tuple[list[float], KVCache]:
-    """Seconds per generated token of each timed call (after one warm-up call) and the cache back."""
-    first = jnp.zeros((cache.lengths.shape[0],), jnp.int32)
-    _, cache = jax.block_until_ready(compiled(params, pparams, cache, first))
+def time_compiled(compiled, params, pparams, buffers: Buffers, steps: int, repeats: int) -> tuple[list[float], Buffers]:
+    """Seconds per generated token of each timed call (after one warm-up call) and the buffers back."""
+    first = jnp.zeros((buffers.cache.lengths.shape[0],), jnp.int32)
+    _, buffers = jax.block_until_ready(compiled(params, pparams, buffers, first))
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        _, cache = jax.block_until_ready(compiled(params, pparams, cache, first))
+        _, buffers = jax.block_until_ready(compiled(params, pparams, buffers, first))
         times.append((time.perf_counter() - start) / (steps - 1))
-    return times, cache
+    return times, buffers
 
 
 def cache_alive(cache: KVCache | None) -> bool:
@@ -324,11 +360,11 @@ def profile_summary(times: DeviceTimes, tokens: int) -> dict:
                 families=dict(sorted(families.items(), key=lambda kv: -kv[1]["us"])), kernels=kernels)
 
 
-def profile_compiled(compiled, params, pparams, cache: KVCache, steps: int) -> tuple[dict, KVCache]:
-    """`profile_summary` of one more (traced) generation call, and the cache back; a failure is the
+def profile_compiled(compiled, params, pparams, buffers: Buffers, steps: int) -> tuple[dict, Buffers]:
+    """`profile_summary` of one more (traced) generation call, and the buffers back; a failure is the
     summary's note (the cache may then be gone: `cache_alive`)."""
-    first = jnp.zeros((cache.lengths.shape[0],), jnp.int32)
-    held = [cache]
+    first = jnp.zeros((buffers.cache.lengths.shape[0],), jnp.int32)
+    held = [buffers]
 
     def call():
         _, held[0] = compiled(params, pparams, held[0], first)
@@ -471,10 +507,13 @@ def main(argv=None) -> None:
                     gc.collect()
                     cache = random_cache(cfg, batch, capacity, context, jax.random.PRNGKey(context + batch))
                     cache = cache if mesh is None else place_cache(cache, mesh.build())
-                times, cache = time_compiled(compiled, params, pparams, cache, args.steps, args.repeats)
-                profile, cache = (profile_compiled(compiled, params, pparams, cache, args.steps) if args.profile
-                                  else (None, cache))
-                del compiled
+                buffers = Buffers(cache, random_importance_keys(s, batch, capacity, jax.random.PRNGKey(context + batch + 1))
+                                  if uses_importance_keys(m, mesh) else None)
+                times, buffers = time_compiled(compiled, params, pparams, buffers, args.steps, args.repeats)
+                profile, buffers = (profile_compiled(compiled, params, pparams, buffers, args.steps) if args.profile
+                                    else (None, buffers))
+                cache = buffers.cache
+                del compiled, buffers
             except Exception as e:  # noqa: BLE001 - one failing method must not stop the matrix
                 msg = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
                 status = "skipped" if "not implemented" in msg else "failed"

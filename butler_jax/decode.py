@@ -140,10 +140,11 @@ class GenerationResult:
 
 def decode_loop(model: LlamaForCausalLM, params, first, cache: KVCache, state, key, *, policy: Policy,
                 max_new_tokens: int, sampling: SamplingConfig, stop_tokens: tuple[int, ...], return_cache: bool = False,
-                policy_params: PolicyParams = (), shard: Any = None):
+                policy_params: PolicyParams = (), shard: Any = None, return_state: bool = False):
     """Tokens [B, max_new_tokens] (first = the token sampled from prefill), counts [B] and the keys
-    read f32 [B, max_new_tokens, L] (`GenerationResult.kept_tokens`), in one while_loop (and the
-    final cache when `return_cache`); `shard` as in `prefill`."""
+    read f32 [B, max_new_tokens, L] (`GenerationResult.kept_tokens`), in one while_loop, then the
+    final cache when `return_cache` and the final policy state when `return_state` (in that order);
+    `shard` as in `prefill`."""
     batch = first.shape[0]
     stops = jnp.asarray(stop_tokens or (-1,), jnp.int32)
     out = jnp.zeros((batch, max_new_tokens), jnp.int32).at[:, 0].set(first)
@@ -168,8 +169,8 @@ def decode_loop(model: LlamaForCausalLM, params, first, cache: KVCache, state, k
         return step + 1, out, kept, done, count, cache, state, key
 
     carry = (jnp.int32(1), out, kept, done, count, cache, state, key)
-    _, out, kept, _, count, cache, _, _ = jax.lax.while_loop(cond, body, carry)
-    return (out, count, kept, cache) if return_cache else (out, count, kept)
+    _, out, kept, _, count, cache, state, _ = jax.lax.while_loop(cond, body, carry)
+    return (out, count, kept) + ((cache,) if return_cache else ()) + ((state,) if return_state else ())
 
 
 @partial(jax.jit, static_argnames=("model", "policy", "max_new_tokens", "sampling", "stop_tokens", "capacity"))
