@@ -15,7 +15,7 @@ from butler_jax.config import ModelConfig, load_yaml, section
 from butler_jax.eval.config import EvalConfig, check_eval_config
 from butler_jax.eval.provenance import files_hash, provenance
 from butler_jax.eval.runner import Interrupted, Task, run_tasks
-from butler_jax.eval.tasks_perplexity import evaluate_window, perplexity_samples
+from butler_jax.eval.tasks_perplexity import evaluate_windows, perplexity_samples
 from butler_jax.models.llama import LlamaForCausalLM
 from butler_jax.sparsity import METHODS, SparsityConfig
 from butler_jax.text_source import read_documents
@@ -75,10 +75,11 @@ def build_tasks(eval_cfg: EvalConfig, sparsity: SparsityConfig, model, params, t
         ids = np.asarray(tokenizer.encode(text))
         samples = perplexity_samples(ids, eval_cfg.ppl_context, eval_cfg.ppl_windows or len(ids))
         name = f"ppl:{Path(eval_cfg.ppl_source).stem if eval_cfg.ppl_source not in NAMED_TEXTS else eval_cfg.ppl_source}"
-        evaluate = lambda policy, pp, items: [evaluate_window(model, params, policy, pp, s, sparsity.dense_layers) for s in items]  # noqa: E731
+        batch = max(1, min(eval_cfg.ppl_batch, len(samples)))
+        evaluate = functools.partial(evaluate_windows, model, params, batch=batch, dense_layers=sparsity.dense_layers)
         settings = dict(common, task="perplexity", source=eval_cfg.ppl_source, text_sha=_sha(text),
                         context=eval_cfg.ppl_context)
-        tasks.append((name, samples, evaluate, eval_cfg.budgets, 1, settings))
+        tasks.append((name, samples, evaluate, eval_cfg.budgets, batch, settings))
     if "coref" in eval_cfg.tasks:
         from butler_jax.eval.coref import generate_coref
         from butler_jax.eval.tasks_generation import TaskSample, evaluate_coref

@@ -13,7 +13,7 @@ class EvalConfig:
 
     tasks: `perplexity`, `coref`, `ruler`. Budgets use the sparsity syntax (`fixed_50pc`, 0.5, 2048);
     dense runs once. `ppl_source`: `wikitext2-test`, `wikitext2-valid`, or a text file / folder;
-    `ppl_windows: 0` scores every non-overlapping `ppl_context` window of it.
+    `ppl_windows: 0` scores every non-overlapping `ppl_context` window of it, `ppl_batch` of them a pass.
     RULER: `ruler_lengths` (default [ruler_length]); `ruler_haystack`: RULER's PaulGrahamEssays.json or
     its folder (empty: the PG-19 books, a fallback named as a deviation in every output);
     `ruler_qa_files`: {qa_1: SQuAD v2 dev json, qa_2: HotpotQA dev json} (a listed qa task without its
@@ -28,6 +28,7 @@ class EvalConfig:
     ppl_source: str = "wikitext2-test"
     ppl_context: int = 1024
     ppl_windows: int = 4
+    ppl_batch: int = 8  # perplexity windows per decode-simulated pass (one compiled shape for the set)
     ruler_tasks: list[str] = field(default_factory=lambda: ["niah_single_1", "niah_multikey_1", "vt"])
     ruler_length: int = 1024
     ruler_samples: int = 2
@@ -65,7 +66,7 @@ def check_eval_config(ev: EvalConfig, model_cfg, methods: tuple[str, ...]) -> No
     if "perplexity" in ev.tasks and ev.ppl_windows < 0:
         raise ConfigError(f"eval.ppl_windows={ev.ppl_windows} is negative",
                           fix="use 0 for every window of eval.ppl_source, or a window count >= 1")
-    counts = {"coref_samples": "coref", "coref_batch": "coref", "ruler_samples": "ruler", "ruler_batch": "ruler"}
+    counts = {"ppl_batch": "perplexity", "coref_samples": "coref", "coref_batch": "coref", "ruler_samples": "ruler", "ruler_batch": "ruler"}
     for name, task in counts.items():
         if task in ev.tasks and getattr(ev, name) < 1:
             raise ConfigError(f"eval.{name}={getattr(ev, name)} must be >= 1")

@@ -79,12 +79,15 @@ def simulated_logits(model: LlamaForCausalLM, params, tokens: jnp.ndarray, polic
 
 
 @partial(jax.jit, static_argnames=("model", "policy"))
-def simulated_window_nll(model: LlamaForCausalLM, params, tokens: jnp.ndarray, policy, policy_params: Any = ()):
-    """(summed NLL, count, per-layer LayerStats) of next-token prediction on windows tokens [B, T]."""
-    logits, stats = simulated_logits(model, params, tokens, policy, policy_params)
+def simulated_window_nll(model: LlamaForCausalLM, params, tokens: jnp.ndarray, policy, policy_params: Any = ()
+                         ) -> tuple[jnp.ndarray, tuple[LayerStats, ...]]:
+    """(summed NLL of next-token prediction f32 [B] over the T - 1 predicted tokens, per-layer
+    statistics of each window's rows, f32 fields [B]) of windows tokens [B, T]."""
+    logits, stats = simulated_pass(model, params, tokens, policy, policy_params)
     logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
     nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
-    return nll.sum(), nll.size, stats
+    every = jnp.ones(tokens.shape, bool)
+    return nll.sum(-1), tuple(pool_rows(s, every) for s in stats)
 
 
 @partial(jax.jit, static_argnames=("model", "policy"))
