@@ -67,7 +67,7 @@ import numpy as np  # noqa: E402
 from typing import NamedTuple  # noqa: E402
 
 from bench.timing import DeviceTimes, add_decode_shape_args, copy_bandwidth, device_times, read_bandwidth  # noqa: E402
-from bench.plot_decode import context_label, plot_latency  # noqa: E402
+from bench.plot_decode import context_label, plot_latency, plot_profile  # noqa: E402
 from butler_jax.cache import KVCache  # noqa: E402
 from butler_jax.config import ModelConfig, PredictorConfig, load_yaml, section  # noqa: E402
 from butler_jax.decode import decode_loop  # noqa: E402
@@ -396,7 +396,7 @@ def parse_args(argv=None):
                         help="decode on a device mesh: seq=N[,kv_heads=M] (default: the config's mesh: section, else one device)")
     parser.add_argument("--profile", action="store_true",
                         help="trace one more generation call per method: GPU kernel time per token "
-                             "(decode_profile.json / .md)")
+                             "(decode_profile.json / .md / .png)")
     parser.add_argument("--out", default=os.environ.get("OUT", "bench/results"))
     if parser.parse_known_args(argv)[0].smoke:  # toy defaults; options given explicitly still win
         parser.set_defaults(config="configs/tiny.yaml", contexts="256,512", batch="1,2", budget=64, n_sink=4, n_window=16,
@@ -649,6 +649,9 @@ def write_profile(args, meta: dict, profiles: list[dict]) -> None:
     (out / "decode_profile.json").write_text(json.dumps(dict(meta=meta, profiles=profiles), indent=1))
     (out / "decode_profile.md").write_text(profile_markdown(meta, profiles))
     log(f"wrote {out / 'decode_profile.json'} and {out / 'decode_profile.md'}")
+    if any(p.get("families") for p in profiles):
+        plot_profile(profiles, out / "decode_profile.png", title=f"GPU kernel time per token, {meta['device']}")
+        log(f"wrote {out / 'decode_profile.png'}")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,12 @@
 * `plot_breakdown`: stacked bars of the per-token time by operation for each method, one panel per
   (batch, context), with the end-to-end figure (if known) as a black tick; from
   decode_breakdown.json.
+* `plot_profile`: stacked bars of the GPU kernel time per token by kernel family for each method,
+  plus the gap (span - kernels, hatched), with the timed ms/token (black) and the bandwidth floor
+  (grey dashes), one panel per (batch, context); from decode_profile.json (`decode_latency --profile`).
 
     PYTHONPATH=. python bench/plot_decode.py --latency bench/results/decode_latency.json --breakdown bench/results/decode_breakdown.json
+    PYTHONPATH=. python bench/plot_decode.py --profile bench/results/decode_profile_h200.json
 """
 
 from __future__ import annotations
@@ -100,10 +104,50 @@ def plot_breakdown(data: dict, path, title: str = "") -> None:
     plt.close(fig)
 
 
+def plot_profile(profiles: list[dict], path, title: str = "") -> None:
+    """profiles: decode_profile.json `profiles` (method, batch, context, families {name: {us}}, gap_us,
+    ms_per_token, floor_ms); entries without kernel data (a note only, e.g. no GPU) are left out."""
+    rows = [p for p in profiles if p.get("families")]
+    if not rows:
+        raise ValueError("no profile with GPU kernel data to plot (a CPU run records none)")
+    panels = list(dict.fromkeys((p["batch"], p["context"]) for p in rows))
+    families = list(dict.fromkeys(f for p in rows for f in p["families"]))
+    colours = {f: plt.get_cmap("tab10")(i % 10) for i, f in enumerate(families)}
+    width = max(5.0, 1.3 * max(sum(1 for p in rows if (p["batch"], p["context"]) == pc) for pc in panels) + 3)
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 5.0), squeeze=False)
+    for ax, (batch, context) in zip(axes[0], panels):
+        group = [p for p in rows if (p["batch"], p["context"]) == (batch, context)]
+        for i, p in enumerate(group):
+            bottom = 0.0
+            for f in families:
+                ms = p["families"].get(f, {}).get("us", 0.0) / 1e3
+                ax.bar(i, ms, bottom=bottom, color=colours[f], width=0.6, label=f)
+                bottom += ms
+            if p.get("gap_us") is not None and p["gap_us"] > 0:
+                ax.bar(i, p["gap_us"] / 1e3, bottom=bottom, color="white", edgecolor="grey", hatch="//", width=0.6,
+                       label="gap (span - kernels)")
+            ax.plot([i - 0.36, i + 0.36], [p["ms_per_token"]] * 2, color="black", linewidth=2, label="timed ms/token")
+            ax.plot([i - 0.36, i + 0.36], [p["floor_ms"]] * 2, color="grey", linestyle="--", linewidth=1.5,
+                    label="bandwidth floor")
+        ax.set_xticks(range(len(group)), [p["method"] for p in group], rotation=20, ha="right", fontsize=9)
+        ax.set_ylabel("ms / generated token (GPU kernel time)")
+        ax.set_title(f"batch {batch}, context {context_label(context)}")
+        ax.grid(True, axis="y", alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    seen = dict(zip(labels, handles))
+    axes[0][-1].legend(seen.values(), seen.keys(), fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--latency", help="decode_latency.json -> decode_latency.png beside it")
     ap.add_argument("--breakdown", help="decode_breakdown.json -> decode_breakdown.png beside it")
+    ap.add_argument("--profile", help="decode_profile.json -> decode_profile.png beside it (same stem)")
     ap.add_argument("--title", default="", help="figure title (default: the device in the file's meta)")
     args = ap.parse_args()
     if args.latency:
@@ -116,6 +160,11 @@ def main() -> None:
         path = Path(args.breakdown)
         data = json.loads(path.read_text())
         plot_breakdown(data, path.with_suffix(".png"), title=data.get("meta", {}).get("device", ""))
+        print(f"wrote {path.with_suffix('.png')}")
+    if args.profile:
+        path = Path(args.profile)
+        data = json.loads(path.read_text())
+        plot_profile(data["profiles"], path.with_suffix(".png"), title=args.title or data.get("meta", {}).get("device", ""))
         print(f"wrote {path.with_suffix('.png')}")
 
 

@@ -45,3 +45,15 @@ def test_markdown_tables() -> None:
     assert "## tokenbutler_i1, B=1" in text and "span 120 us (XLA Modules), gap 20 us" in text
     assert "| selection | 60.0 | 60.0 | 2.0 | 1 |" in text
     assert "| `topk_emit` | selection | 60.0 | 60.0 | 2.0 | 30.00 |" in text and "`gemm`" not in text
+
+
+def test_profile_plot(tmp_path) -> None:
+    from bench.plot_decode import plot_profile
+
+    gpu = dict(method="tokenbutler_i1", batch=1, context=131072, ms_per_token=9.2, floor_ms=4.0, gap_us=139.0,
+               families={"matmul": dict(us=4200.0), "selection": dict(us=1400.0)})
+    note = dict(method="dense", batch=1, context=131072, ms_per_token=9.5, floor_ms=7.3, note=NO_GPU)
+    plot_profile([gpu, note], tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 10_000
+    with pytest.raises(ValueError, match="no profile with GPU kernel data"):
+        plot_profile([note], tmp_path / "q.png")
