@@ -86,12 +86,22 @@ def test_ppl_windows_zero_scores_every_window(tiny, tmp_path):
                           ppl_source=str(text), ppl_context=64, ppl_windows=0)
     check_eval_config(eval_cfg, cfg, METHODS)
     tasks = build_tasks(eval_cfg, SparsityConfig(), model, params, ByteTokenizer(), {})
-    (_, samples, *_), = tasks
+    (_, samples, evaluate, _, batch, _), = tasks
+    assert batch == 4 and evaluate.keywords["batch"] == 4  # eval.ppl_batch (8) capped at the window count
     assert [s.tokens.tolist() for s in samples] == [list(data[w * 64:(w + 1) * 64].encode()) for w in range(4)]
     run_tasks(tasks, eval_cfg, SparsityConfig(), cfg)
     stored = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
     assert sorted(r["sample"] for r in stored) == [f"window{w}" for w in range(4)]
     assert all(r["count"] == 63 for r in stored)
+
+
+def test_ppl_batch_below_one_is_a_config_error(tiny):
+    from butler_jax.errors import ConfigError
+    from butler_jax.eval.config import check_eval_config
+    from butler_jax.sparsity import METHODS
+
+    with pytest.raises(ConfigError, match="eval.ppl_batch=0 must be >= 1"):
+        check_eval_config(EvalConfig(methods=["dense"], tasks=["perplexity"], ppl_batch=0), tiny[0], METHODS)
 
 
 def test_bootstrap_and_paired_difference():
