@@ -4,8 +4,8 @@ Llama-3.1-8B shapes with random weights (speed does not depend on values); the K
 with random keys/values up to the context length (no prefill), and so are TokenButler's cached
 importance keys (all-zero keys would make every past score tie, which sends the exact top-K to its
 radix fallback at every step; under --mesh the sharded loop makes its own state, whose keys are
-zero), then `decode_loop` generates
-`--steps` tokens greedily in one `lax.while_loop` (one jitted call; the cache is donated). The
+zero), then `decode_loop` generates `--steps` tokens greedily in one `lax.while_loop` (one jitted
+call; the cache and the importance keys are donated). The
 first call compiles and warms up; the next `--repeats` calls are timed and the best is divided by
 steps - 1 (the tokens the loop generates).
 
@@ -26,7 +26,8 @@ reported per generated token: the GPU kernels' summed time, the call's device sp
 Modules" line where the trace has it, else first kernel start to last kernel end), the gap =
 span - kernel time (idle, launch and control-flow time), the kernel families (by name substring,
 `kernel_family`) and the top kernels with their launches per token. Tracing adds some overhead
-per launch, so the span may exceed the timed ms/token.
+per launch, so the span may exceed the timed ms/token. Written to decode_profile.json / .md and,
+when the trace has GPU kernels, decode_profile.png (`plot_decode.plot_profile`).
 
     python bench/decode_latency.py                     # the full matrix (defaults), H100 80 GB
     python bench/decode_latency.py --dry-run           # print the plan: estimates, floors, skips
