@@ -37,7 +37,7 @@ when the trace has GPU kernels, decode_profile.png (`plot_decode.plot_profile`).
     python bench/decode_latency.py --smoke --profile   # CPU: the profile files say there is no GPU
 
 Writes decode_latency.json, decode_latency.md and decode_latency.png to --out (with --profile also
-decode_profile.json and decode_profile.md).
+decode_profile.json, decode_profile.md and, from a GPU trace, decode_profile.png).
 """
 
 from __future__ import annotations
@@ -60,12 +60,11 @@ import json  # noqa: E402
 import re  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
+from typing import NamedTuple  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-
-from typing import NamedTuple  # noqa: E402
 
 from bench.timing import DeviceTimes, add_decode_shape_args, copy_bandwidth, device_times, read_bandwidth  # noqa: E402
 from bench.plot_decode import context_label, plot_latency, plot_profile  # noqa: E402
@@ -241,17 +240,15 @@ def uses_importance_keys(m: "Method", mesh: MeshConfig | None) -> bool:
     return m.kind == "tokenbutler" and mesh is None
 
 
-def importance_spec(s: "Settings", batch: int, capacity: int) -> tuple[jax.ShapeDtypeStruct, ...]:
-    """Shapes of the importance keys, as the long-context policy's `init_state` makes them."""
-    cfg = s.cfg
-    dt = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
-    layer = (batch, cfg.num_key_value_heads, capacity, s.pcfg.dDash)
-    return tuple(jax.ShapeDtypeStruct(layer, dt) for _ in range(cfg.num_hidden_layers))
+def importance_spec(s: "Settings", m: "Method", predictor, pparams, batch: int, capacity: int
+                    ) -> tuple[jax.ShapeDtypeStruct, ...]:
+    """Shapes of the importance keys [B, Hkv, capacity, d'] per layer: those of the policy's `init_state`."""
+    policy, policy_params = make_policy(m.sparsity(s), s.cfg, (predictor, pparams))
+    return jax.eval_shape(lambda pp: policy.init_state(pp, batch, capacity), policy_params).cache
 
 
-def random_importance_keys(s: "Settings", batch: int, capacity: int, key) -> tuple[jax.Array, ...]:
-    """Random normal importance keys for every position (the loop overwrites the ones it generates)."""
-    specs = importance_spec(s, batch, capacity)
+def random_importance_keys(specs: tuple[jax.ShapeDtypeStruct, ...], key) -> tuple[jax.Array, ...]:
+    """Random normal importance keys of `specs` for every position (the loop overwrites the ones it generates)."""
     make = jax.jit(lambda k: jax.random.normal(k, specs[0].shape, specs[0].dtype))
     return tuple(make(k) for k in jax.random.split(key, len(specs)))
 
@@ -302,7 +299,7 @@ def lower_decode(model, predictor, s: Settings, m: Method, params, pparams, batc
 
     first = jax.ShapeDtypeStruct((batch,), jnp.int32)
     spec = Buffers(cache_spec(s.cfg, batch, capacity, mesh),
-                   importance_spec(s, batch, capacity) if uses_importance_keys(m, mesh) else None)
+                   importance_spec(s, m, predictor, pparams, batch, capacity) if uses_importance_keys(m, mesh) else None)
     return jax.jit(run, donate_argnums=(2,)).lower(params, pparams, spec, first)
 
 
@@ -508,13 +505,15 @@ def main(argv=None) -> None:
                     gc.collect()
                     cache = random_cache(cfg, batch, capacity, context, jax.random.PRNGKey(context + batch))
                     cache = cache if mesh is None else place_cache(cache, mesh.build())
-                buffers = Buffers(cache, random_importance_keys(s, batch, capacity, jax.random.PRNGKey(context + batch + 1))
-                                  if uses_importance_keys(m, mesh) else None)
+                keys = (random_importance_keys(importance_spec(s, m, predictor, pparams, batch, capacity),
+                                               jax.random.PRNGKey(context + batch + 1))
+                        if uses_importance_keys(m, mesh) else None)
+                buffers = Buffers(cache, keys)
                 times, buffers = time_compiled(compiled, params, pparams, buffers, args.steps, args.repeats)
                 profile, buffers = (profile_compiled(compiled, params, pparams, buffers, args.steps) if args.profile
                                     else (None, buffers))
                 cache = buffers.cache
-                del compiled, buffers
+                del compiled, buffers, keys
             except Exception as e:  # noqa: BLE001 - one failing method must not stop the matrix
                 msg = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
                 status = "skipped" if "not implemented" in msg else "failed"

@@ -67,6 +67,18 @@ def plot_latency(rows: list[dict], path, title: str = "") -> None:
     plt.close(fig)
 
 
+def _legend_and_save(fig, axes, path, title: str, fontsize: int) -> None:
+    """One legend (the first panel's entries, each label once) right of the last panel; title; save; close."""
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    seen = dict(zip(labels, handles))
+    axes[0][-1].legend(seen.values(), seen.keys(), fontsize=fontsize, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_breakdown(data: dict, path, title: str = "") -> None:
     """data: decode_breakdown.json (its `totals`: per (batch, context, method) ms/token by group)."""
     totals = data["totals"]
@@ -94,14 +106,7 @@ def plot_breakdown(data: dict, path, title: str = "") -> None:
         ax.set_ylabel("ms / token (sum of timed operations)")
         ax.set_title(f"batch {batch}, context {context_label(context)}")
         ax.grid(True, axis="y", alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    seen = dict(zip(labels, handles))
-    axes[0][-1].legend(seen.values(), seen.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _legend_and_save(fig, axes, path, title, fontsize=7)
 
 
 def plot_profile(profiles: list[dict], path, title: str = "") -> None:
@@ -133,14 +138,7 @@ def plot_profile(profiles: list[dict], path, title: str = "") -> None:
         ax.set_ylabel("ms / generated token (GPU kernel time)")
         ax.set_title(f"batch {batch}, context {context_label(context)}")
         ax.grid(True, axis="y", alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    seen = dict(zip(labels, handles))
-    axes[0][-1].legend(seen.values(), seen.keys(), fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _legend_and_save(fig, axes, path, title, fontsize=8)
 
 
 def main() -> None:

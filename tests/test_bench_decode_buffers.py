@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.decode_latency import (Buffers, Method, init_predictor, load_settings, lower_decode, parse_args,
-                                  random_cache, random_importance_keys)
+from bench.decode_latency import (Buffers, Method, importance_spec, init_predictor, load_settings, lower_decode,
+                                  parse_args, random_cache, random_importance_keys)
 from butler_jax.models.llama import init_params
 
 
@@ -18,7 +18,7 @@ def test_importance_keys_are_the_loops_state() -> None:
     batch, length, steps, capacity = 1, 96, 4, 128
     m = Method.parse("tokenbutler_i1")
     compiled = lower_decode(model, predictor, s, m, params, pparams, batch, capacity, steps).compile()
-    keys = random_importance_keys(s, batch, capacity, jax.random.PRNGKey(3))
+    keys = random_importance_keys(importance_spec(s, m, predictor, pparams, batch, capacity), jax.random.PRNGKey(3))
     before = [np.asarray(k, np.float32) for k in keys]
     assert all(np.std(b[..., :length, :]) > 0.5 for b in before)  # not the zeros of a fresh state
     buffers = Buffers(random_cache(s.cfg, batch, capacity, length, jax.random.PRNGKey(2)), keys)
